@@ -1,0 +1,438 @@
+"""Compile manifest entries into disjoint key ranges and resolve keys.
+
+:func:`compile` turns an ordered list of entries — later ones win — into
+
+* a :class:`~kvmap.keytable.KeyTable` of the exact keys that win (whiteouts
+  included), looked up first, and
+* a gap-free, sorted list of boundaries over the prefix and range entries:
+  ``bisect_right(bounds, key)`` picks the segment, and a parallel list says which
+  entry wins there (or that none does). Adjacent segments with the same winner are
+  merged, so these are the disjoint pieces of the composite namespace.
+
+An exact key wins over every earlier entry and loses to every later one: at
+compile time an exact key that a later prefix or range entry covers is moved out
+of the table, so at resolve time a table hit is always the winner.
+
+>>> cm = compile([{"prefix": "", "path": "s3://bucket/array/"},
+...               {"key": "c/0/0", "path": "s3://bucket/patch.bin", "offset": 100, "length": 42}])
+>>> cm.resolve("c/0/0")
+Resolution(entry=1, url='s3://bucket/patch.bin', offset=100, length=42, data=None)
+>>> cm.resolve("c/0/1").url
+'s3://bucket/array/c/0/1'
+>>> cm.explain("c/0/0").entries
+(1, 0)
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from kvmap.entries import Entry
+from kvmap.errors import ManifestError
+from kvmap.keyrange import KeyRange, key_successor
+from kvmap.keytable import MAX_KEY_LENGTH, KeyTable
+from kvmap.manifest import Manifest
+from kvmap.url import REMAINDER_SAFE, encode_remainder, resolve_target
+
+__all__ = ["CompiledMap", "Explanation", "Piece", "Resolution", "compile"]
+
+_SAFE = "".join(sorted(REMAINDER_SAFE))
+# Exact-key payload word 1 is ``entry << 32 | code``: code 0 is a whiteout,
+# 1 .. _INLINE-1 is 1 + an index into the URL list, _INLINE + i is inline data i.
+_INLINE = 1 << 31
+_CODE_MASK = (1 << 32) - 1
+_new = tuple.__new__
+
+
+class Resolution(NamedTuple):
+    """Where a key's value is: a URL (with an optional byte window) or inline bytes.
+
+    ``entry`` is the index of the winning manifest entry. Exactly one of ``url``
+    and ``data`` is not ``None``; ``offset``/``length`` are ``None`` when the
+    entry does not set them.
+    """
+
+    entry: int
+    url: str | None
+    offset: int | None
+    length: int | None
+    data: bytes | None
+
+
+class Piece(NamedTuple):
+    """A maximal key range ``[min, max)`` over which one entry wins (``max=None``: unbounded)."""
+
+    min: str
+    max: str | None
+    entry: int
+
+
+class Explanation(NamedTuple):
+    """Every entry that covers ``key``, winner first, and what the key resolves to."""
+
+    key: str
+    entries: tuple[int, ...]
+    resolution: Resolution | None
+
+    @property
+    def winner(self) -> int | None:
+        """The winning entry index (``None`` if no entry covers the key)."""
+        return self.entries[0] if self.entries else None
+
+
+_RangeTarget = tuple[int, str, int] | None  # (entry, URL prefix, strip), None: absent
+
+
+def compile(source: Manifest | Sequence[Mapping[str, Any]]) -> CompiledMap:  # noqa: A001
+    """Compile a manifest (or a list of JSON entries) into a :class:`CompiledMap`.
+
+    Raises :class:`~kvmap.ManifestError` for invalid entries, including a
+    relative path when the manifest has no URL.
+    """
+    manifest = source if isinstance(source, Manifest) else Manifest.from_json(list(source))
+    return CompiledMap._build(manifest)
+
+
+class CompiledMap:
+    """The compiled, immutable form of a manifest: resolve keys, list pieces, explain.
+
+    Valid only in the process that built it (the exact-key table uses the
+    process's string hash); to move a map between processes, move its manifest.
+    """
+
+    __slots__ = (
+        "url",
+        "name",
+        "n_entries",
+        "resolve",
+        "_table",
+        "_urls",
+        "_inline",
+        "_bounds",
+        "_targets",
+        "_winners",
+        "_ranges",
+        "_shadowed",
+    )
+
+    url: str | None
+    name: str | None
+    n_entries: int
+    #: ``resolve(key) -> Resolution | None`` — ``None`` when no entry covers the
+    #: key or the winner is a whiteout. Raises :class:`~kvmap.InvalidKeyError` if
+    #: a key holding a lone surrogate would have to be put into a URL.
+    resolve: Callable[[str], Resolution | None]
+    _table: KeyTable | None
+    _urls: list[str]
+    _inline: list[bytes]
+    _bounds: list[str]
+    _targets: list[_RangeTarget]
+    _winners: list[int]
+    _ranges: list[tuple[int, KeyRange]]
+    _shadowed: dict[str, list[int]]
+
+    def __init__(self) -> None:
+        raise TypeError("use kvmap.compile(manifest)")
+
+    @classmethod
+    def _build(cls, manifest: Manifest) -> CompiledMap:
+        self = object.__new__(cls)
+        self.url, self.name, self.n_entries = manifest.url, manifest.name, len(manifest)
+        base = manifest.url
+        resolved: dict[str, str] = {}
+
+        def absolute(path: str) -> str:
+            # Validation has already rejected relative paths without a base URL.
+            url = resolved.get(path)
+            if url is None:
+                url = resolved[path] = resolve_target(base, path)
+            return url
+
+        ranges = [(i, e) for i, e in manifest._others if e.selector != "key"]
+        self._ranges = [(i, e.range) for i, e in ranges]
+        self._bounds, self._winners, self._targets = _sweep(ranges, absolute)
+        self._shadowed = {}
+        self._build_table(manifest, absolute)
+        self.resolve = self._make_resolver()
+        return self
+
+    def _build_table(self, manifest: Manifest, absolute: Callable[[str], str]) -> None:
+        cols = manifest._exact
+        others = [(i, e) for i, e in manifest._others if e.selector == "key"]
+        index = np.fromiter(cols.index, dtype=np.int64, count=len(cols.index))
+        keys = cols.key
+        # One URL list entry per distinct absolute URL; paths map to codes once.
+        url_code: dict[str, int] = {}
+        path_code: dict[str | None, int] = {None: 0}
+        for path in dict.fromkeys(cols.path):
+            if path is not None:
+                path_code[path] = url_code.setdefault(absolute(path), len(url_code) + 1)
+        codes = np.fromiter(map(path_code.__getitem__, cols.path), dtype=np.int64, count=len(keys))
+        offsets = _window_column(cols.offset)
+        lengths = _window_column(cols.length)
+        inline: list[bytes] = []
+        if others:
+            keys = list(keys)
+            extra_codes, extra_off, extra_len = [], [], []
+            for i, e in others:
+                keys.append(e.range.min)
+                if e.target == "path":
+                    assert e.path is not None
+                    extra_codes.append(url_code.setdefault(absolute(e.path), len(url_code) + 1))
+                elif e.target == "absent":
+                    extra_codes.append(0)
+                else:
+                    assert e.data is not None
+                    extra_codes.append(_INLINE + len(inline))
+                    inline.append(e.data)
+                extra_off.append(-1 if e.offset is None else e.offset)
+                extra_len.append(-1 if e.length is None else e.length)
+            index = np.concatenate((index, np.array([i for i, _ in others], dtype=np.int64)))
+            codes = np.concatenate((codes, np.array(extra_codes, dtype=np.int64)))
+            offsets = np.concatenate((offsets, np.array(extra_off, dtype=np.int64)))
+            lengths = np.concatenate((lengths, np.array(extra_len, dtype=np.int64)))
+        self._urls = [""] + list(url_code)  # code c -> self._urls[c]
+        self._inline = inline
+        if not keys:
+            self._table = None
+            return
+        hashes = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
+        keep = self._drop_losers(keys, index, hashes)
+        if keep is not None:
+            keys = [keys[k] for k in keep.tolist()]
+            index, codes, offsets, lengths, hashes = (a[keep] for a in (index, codes, offsets, lengths, hashes))
+        too_long = [k for k, key in enumerate(keys) if len(key) > MAX_KEY_LENGTH][:1]
+        if too_long:
+            raise ManifestError(
+                f"kvmap keeps exact keys of at most {MAX_KEY_LENGTH} code points",
+                manifest=self.name,
+                entry=int(index[too_long[0]]),
+                field="key",
+            )
+        payload = np.stack((index << 32 | codes, offsets, lengths), axis=1)
+        self._table = KeyTable.build(keys, payload, hashes=hashes) if keys else None
+
+    def _drop_losers(
+        self, keys: list[str], index: npt.NDArray[np.int64], hashes: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64] | None:
+        """Positions of the exact entries that win, or ``None`` if all do.
+
+        An exact entry loses to a later entry for the same key and to a later
+        prefix/range entry covering it; losers are kept in ``_shadowed`` for
+        :meth:`explain`.
+        """
+        losers: set[int] = set()
+        order = np.lexsort((index, hashes))
+        sorted_hashes = hashes[order]
+        same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
+        if same.size:
+            # Runs of equal hashes: duplicates of one key, or (rarely) a collision.
+            # Within a run positions come in entry order, so a repeat beats the last.
+            latest: dict[str, int] = {}
+            for k in np.unique(np.concatenate((same, same + 1))).tolist():
+                pos = int(order[k])
+                prev = latest.get(keys[pos])
+                if prev is not None:
+                    losers.add(prev)
+                latest[keys[pos]] = pos
+        if self._ranges:
+            latest_range = max(i for i, _ in self._ranges)
+            bounds, winners = self._bounds, self._winners
+            for pos in np.flatnonzero(index < latest_range).tolist():
+                if pos not in losers and winners[bisect_right(bounds, keys[pos])] > index[pos]:
+                    losers.add(pos)
+        if not losers:
+            return None
+        for pos in losers:
+            self._shadowed.setdefault(keys[pos], []).append(int(index[pos]))
+        keep = np.ones(len(keys), dtype=bool)
+        keep[list(losers)] = False
+        return np.flatnonzero(keep)
+
+    def _make_resolver(self) -> Callable[[str], Resolution | None]:
+        # A closure over locals: each name is a cell load, not an attribute
+        # lookup on self, which is a measurable share of a ~1 µs resolve.
+        bounds, targets, urls, inline = self._bounds, self._targets, self._urls, self._inline
+        find = self._table.find if self._table is not None else None
+        table = self._table.table if self._table is not None else None
+        safe = _SAFE
+
+        def resolve_range(key: str) -> Resolution | None:
+            target = targets[bisect_right(bounds, key)]
+            if target is None:
+                return None
+            rest = key[target[2] :]
+            if rest.strip(safe):
+                rest = encode_remainder(rest)
+            return _new(Resolution, (target[0], target[1] + rest, None, None, None))
+
+        if find is None or table is None:
+            return resolve_range
+
+        def resolve(key: str) -> Resolution | None:
+            i = find(key)
+            if i >= 0:
+                meta = table[i + 1]
+                code = meta & _CODE_MASK
+                if code == 0:
+                    return None
+                if code < _INLINE:
+                    offset = table[i + 2]
+                    length = table[i + 3]
+                    return _new(
+                        Resolution,
+                        (meta >> 32, urls[code], None if offset < 0 else offset, None if length < 0 else length, None),
+                    )
+                return _new(Resolution, (meta >> 32, None, None, None, inline[code - _INLINE]))
+            if bounds:
+                return resolve_range(key)
+            return None
+
+        return resolve
+
+    def resolve_many(self, keys: Iterable[str]) -> list[Resolution | None]:
+        """``[self.resolve(k) for k in keys]``, computed in bulk (vectorised probing)."""
+        keys = keys if isinstance(keys, list) else list(keys)
+        out: list[Resolution | None] = [None] * len(keys)
+        rest: Iterable[int] = range(len(keys))
+        if self._table is not None:
+            slots = self._table.find_many(keys)
+            hit = np.flatnonzero(slots >= 0)
+            at = slots[hit]
+            array = self._table._array
+            urls, inline = self._urls, self._inline
+            for k, meta, offset, length in zip(
+                hit.tolist(), array[at + 1].tolist(), array[at + 2].tolist(), array[at + 3].tolist(), strict=True
+            ):
+                code = meta & _CODE_MASK
+                if code == 0:
+                    continue
+                if code < _INLINE:
+                    out[k] = _new(
+                        Resolution,
+                        (meta >> 32, urls[code], None if offset < 0 else offset, None if length < 0 else length, None),
+                    )
+                else:
+                    out[k] = _new(Resolution, (meta >> 32, None, None, None, inline[code - _INLINE]))
+            rest = np.flatnonzero(slots < 0).tolist()
+        if self._bounds:
+            bounds, targets, safe = self._bounds, self._targets, _SAFE
+            for k in rest:
+                key = keys[k]
+                target = targets[bisect_right(bounds, key)]
+                if target is not None:
+                    tail = key[target[2] :]
+                    if tail.strip(safe):
+                        tail = encode_remainder(tail)
+                    out[k] = _new(Resolution, (target[0], target[1] + tail, None, None, None))
+        return out
+
+    def pieces(self) -> Iterator[Piece]:
+        """The disjoint, non-empty key ranges that some entry covers, in key order.
+
+        Each exact key is its own piece ``[K, K + "\\0")``; whiteouts are pieces
+        too (their entry is the whiteout). Keys no entry covers lie in no piece.
+        """
+        exact = sorted(self._exact_winners())
+        bounds, winners = self._bounds, self._winners
+        ranges = [
+            Piece(bounds[k - 1], bounds[k] if k < len(bounds) else None, winners[k])
+            for k in range(1, len(winners))
+            if winners[k] >= 0
+        ]
+        yield from _merge_pieces(exact, ranges)
+
+    def _exact_winners(self) -> Iterator[tuple[str, int]]:
+        if self._table is None:
+            return
+        array = self._table._array
+        for key, i in self._table.items():
+            yield key, int(array[i + 1]) >> 32
+
+    def explain(self, key: str) -> Explanation:
+        """Every entry covering ``key`` in precedence order (winner first), and the resolution."""
+        covering = [i for i, rng in self._ranges if rng.contains(key)]
+        covering += self._shadowed.get(key, [])
+        if self._table is not None:
+            i = self._table.find(key)
+            if i >= 0:
+                covering.append(self._table.table[i + 1] >> 32)
+        return Explanation(key, tuple(sorted(covering, reverse=True)), self.resolve(key))
+
+    def __repr__(self) -> str:
+        exact = len(self._table) if self._table is not None else 0
+        ranges = sum(1 for w in self._winners if w >= 0)
+        return f"<CompiledMap {self.name or '(unnamed)'}: {exact} exact keys, {ranges} range pieces>"
+
+
+def _window_column(values: list[int | None]) -> npt.NDArray[np.int64]:
+    if None in values:
+        values = [-1 if v is None else v for v in values]  # type: ignore[misc]
+    return np.array(values, dtype=np.int64).reshape(len(values))
+
+
+def _sweep(
+    ranges: list[tuple[int, Entry]], absolute: Callable[[str], str]
+) -> tuple[list[str], list[int], list[_RangeTarget]]:
+    """Disjoint pieces of prefix/range entries: ``(bounds, winners, targets)``.
+
+    ``winners[bisect_right(bounds, key)]`` is the winning entry (-1: none), and
+    ``targets`` at the same position what resolve needs (``None``: absent).
+    """
+    if not ranges:
+        return [], [-1], [None]
+    starts: dict[str, list[int]] = {}
+    ends: dict[str, list[int]] = {}
+    by_index: dict[int, Entry] = {}
+    for i, e in ranges:
+        by_index[i] = e
+        starts.setdefault(e.range.min, []).append(i)
+        if e.range.max is not None:
+            ends.setdefault(e.range.max, []).append(i)
+    active: list[int] = []  # max-heap of entry indices, negated
+    ended: set[int] = set()
+    bounds: list[str] = []
+    winners: list[int] = [-1]
+    for point in sorted(starts.keys() | ends.keys()):
+        ended.update(ends.get(point, ()))
+        for i in starts.get(point, ()):
+            heapq.heappush(active, -i)
+        while active and -active[0] in ended:
+            heapq.heappop(active)
+        winner = -active[0] if active else -1
+        if winner != winners[-1]:
+            bounds.append(point)
+            winners.append(winner)
+    targets: list[_RangeTarget] = []
+    for w in winners:
+        e = by_index.get(w)
+        if e is None or e.path is None:
+            targets.append(None)
+        else:
+            targets.append((w, absolute(e.path), e.strip))
+    return bounds, winners, targets
+
+
+def _merge_pieces(exact: list[tuple[str, int]], ranges: list[Piece]) -> Iterator[Piece]:
+    """Merge sorted exact-key pieces into sorted range pieces, splitting the ranges."""
+    k = 0
+    for piece in ranges:
+        lo = piece.min
+        while k < len(exact) and (piece.max is None or exact[k][0] < piece.max):
+            key, entry = exact[k]
+            if key >= lo:
+                if key > lo:
+                    yield Piece(lo, key, piece.entry)
+                lo = key_successor(key)
+            yield Piece(key, key_successor(key), entry)
+            k += 1
+        if piece.max is None or lo < piece.max:
+            yield Piece(lo, piece.max, piece.entry)
+    for key, entry in exact[k:]:
+        yield Piece(key, key_successor(key), entry)

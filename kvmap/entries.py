@@ -1,0 +1,245 @@
+"""Manifest entries: the model of one mapping entry and the rules that make it valid.
+
+An entry has exactly one *selector* (``key``, ``prefix``, or ``min``/``max``) and
+exactly one *target* (``path`` — a URL, or ``null`` for a whiteout —, ``data`` or
+``json``). :meth:`Entry.from_json` is the single definition of validity: every
+other validation path in kvmap must agree with it (the tests check that).
+
+>>> e = Entry.from_json({"min": "c/0", "max": "c/10", "path": "s3://b/c/"}, 0)
+>>> e.selector, e.range, e.strip
+('range', KeyRange(min='c/0', max='c/10'), 2)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from kvmap.errors import ManifestError
+from kvmap.keyrange import KeyRange, key_successor, prefix_range, range_common_prefix_length
+
+__all__ = ["Entry", "MAX_INT", "Selector", "Target"]
+
+Selector = Literal["key", "prefix", "range"]
+Target = Literal["path", "absent", "data", "json"]
+
+#: Largest offset, length or strip_prefix: the largest integer every JSON
+#: implementation represents exactly (2**53 - 1).
+MAX_INT = 2**53 - 1
+
+# Canonical member order: when an entry has two selectors or two targets, the
+# error names the later one in this order, so the message is deterministic.
+_SELECTOR_FIELDS = ("key", "prefix", "min", "max")
+_TARGET_FIELDS = ("path", "data", "json")
+_KNOWN_FIELDS = frozenset((*_SELECTOR_FIELDS, *_TARGET_FIELDS, "strip_prefix", "offset", "length"))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One validated manifest entry.
+
+    ``range`` is the set of keys the entry selects (``[K, K + "\\0")`` for an
+    exact key); ``strip`` the number of code points removed from a key before
+    its remainder is appended to ``path`` (0 for exact keys). ``data`` holds the
+    inline bytes of a ``data`` or ``json`` target (JSON as compact UTF-8 text).
+    """
+
+    selector: Selector
+    range: KeyRange
+    strip: int
+    target: Target
+    path: str | None = None
+    offset: int | None = None
+    length: int | None = None
+    data: bytes | None = None
+
+    @property
+    def key(self) -> str:
+        """The exact key of a ``key`` entry (``ValueError`` for other selectors)."""
+        if self.selector != "key":
+            raise ValueError(f"a {self.selector} entry has no single key")
+        return self.range.min
+
+    @classmethod
+    def from_json(cls, obj: Any, index: int, manifest: str | None = None) -> Entry:
+        """Validate one JSON entry object; raise :class:`ManifestError` naming ``index``."""
+        v = _Validator(manifest, index)
+        if not isinstance(obj, dict):
+            raise v.error(None, f"an entry must be a JSON object, not {_json_type(obj)}")
+        for name in obj:
+            if name not in _KNOWN_FIELDS:
+                raise v.error(name, "unknown member")
+        selector, rng, strip_max = v.selector(obj)
+        strip = strip_max
+        if "strip_prefix" in obj:
+            if selector == "key":
+                raise v.error("strip_prefix", "is allowed only on prefix and range entries")
+            strip = v.integer("strip_prefix", obj["strip_prefix"])
+            if strip > strip_max:
+                raise v.error(
+                    "strip_prefix", f"{strip} exceeds {strip_max}, the length of the prefix every selected key shares"
+                )
+        target = v.target(obj)
+        for name in ("data", "json", "offset", "length"):
+            if name in obj and selector != "key":
+                raise v.error(name, "is allowed only on exact-key entries")
+        for name in ("offset", "length"):
+            if name in obj and target != "path":
+                raise v.error(name, "a byte window needs a path target")
+        path = obj.get("path")
+        data: bytes | None = None
+        if target == "data":
+            data = v.base64("data", obj["data"])
+        elif target == "json":
+            data = v.json("json", obj["json"])
+        return cls(
+            selector=selector,
+            range=rng,
+            strip=strip if selector != "key" else 0,
+            target=target,
+            path=path,
+            offset=v.integer("offset", obj["offset"]) if "offset" in obj else None,
+            length=v.integer("length", obj["length"]) if "length" in obj else None,
+            data=data,
+        )
+
+    def covers(self, key: str) -> bool:
+        """Whether the entry selects ``key``."""
+        return self.range.contains(key)
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as a canonical JSON object (defaults left out)."""
+        out: dict[str, Any] = {}
+        if self.selector == "key":
+            out["key"] = self.range.min
+        elif self.selector == "prefix":
+            out["prefix"] = self.range.min
+            if self.strip != len(self.range.min):
+                out["strip_prefix"] = self.strip
+        else:
+            if self.range.min or self.range.max is None:  # an entry needs one bound
+                out["min"] = self.range.min
+            if self.range.max is not None:
+                out["max"] = self.range.max
+            if self.strip != range_common_prefix_length(*self.range):
+                out["strip_prefix"] = self.strip
+        if self.target in ("path", "absent"):
+            out["path"] = self.path
+            if self.offset is not None:
+                out["offset"] = self.offset
+            if self.length is not None:
+                out["length"] = self.length
+        elif self.target == "data":
+            assert self.data is not None
+            out["data"] = base64.b64encode(self.data).decode("ascii")
+        else:
+            assert self.data is not None
+            out["json"] = orjson.loads(self.data)
+        return out
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+class _Validator:
+    """Checks the members of one entry and builds errors that name it."""
+
+    __slots__ = ("manifest", "index")
+
+    def __init__(self, manifest: str | None, index: int) -> None:
+        self.manifest = manifest
+        self.index = index
+
+    def error(self, field: str | None, reason: str) -> ManifestError:
+        return ManifestError(reason, manifest=self.manifest, entry=self.index, field=field)
+
+    def text(self, field: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise self.error(field, f"must be a string, not {_json_type(value)}")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise self.error(field, "holds a lone surrogate (not valid Unicode)") from None
+        return value
+
+    def integer(self, field: str, value: object) -> int:
+        # bool is a subclass of int, and JSON true is not a number.
+        if type(value) is not int:
+            raise self.error(field, f"must be an integer, not {_json_type(value)}")
+        if not 0 <= value <= MAX_INT:
+            raise self.error(field, f"must be between 0 and 2**53-1, not {value}")
+        return value
+
+    def base64(self, field: str, value: object) -> bytes:
+        text = self.text(field, value)
+        try:
+            return base64.b64decode(text.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise self.error(field, f"is not valid base64 ({exc})") from None
+
+    def json(self, field: str, value: object) -> bytes:
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise self.error(field, f"is not a JSON value ({exc})") from None
+
+    def selector(self, obj: dict[str, Any]) -> tuple[Selector, KeyRange, int]:
+        """Return the selector kind, its key range, and the largest allowed strip."""
+        present = [name for name in _SELECTOR_FIELDS if name in obj]
+        kinds = {"min": "range", "max": "range"}
+        seen: list[str] = []
+        for name in present:
+            self.text(name, obj[name])
+            kind = kinds.get(name, name)
+            if seen and kind not in seen:
+                raise self.error(name, f"an entry has exactly one selector; it already has {seen[0]!r}")
+            if kind not in seen:
+                seen.append(kind)
+        if not seen:
+            raise self.error(None, "an entry needs a selector: 'key', 'prefix', or 'min'/'max'")
+        if seen[0] == "key":
+            key = obj["key"]
+            return "key", KeyRange(key, key_successor(key)), 0
+        if seen[0] == "prefix":
+            rng = prefix_range(obj["prefix"])
+            return "prefix", rng, len(obj["prefix"])
+        lo: str = obj.get("min", "")
+        hi: str | None = obj.get("max")
+        if hi is not None and hi <= lo:
+            raise self.error("max", f"the range [{lo!r}, {hi!r}) is empty: max must be greater than min")
+        return "range", KeyRange(lo, hi), range_common_prefix_length(lo, hi)
+
+    def target(self, obj: dict[str, Any]) -> Target:
+        present = [name for name in _TARGET_FIELDS if name in obj]
+        if not present:
+            raise self.error(None, "an entry needs a target: 'path' (a URL or null), 'data' or 'json'")
+        if len(present) > 1:
+            raise self.error(present[1], f"an entry has exactly one target; it already has {present[0]!r}")
+        name = present[0]
+        if name == "path":
+            path = obj["path"]
+            if path is None:
+                return "absent"
+            self.text("path", path)
+            return "path"
+        return "data" if name == "data" else "json"

@@ -1,0 +1,61 @@
+"""The one exception tree of kvmap.
+
+Every error kvmap raises on purpose is a :class:`KvmapError`. Errors about a
+manifest document also say *where*: the manifest (its URL or path), the entry
+index and the field, so that a person can go straight to the offending line.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KvmapError", "ManifestError", "InvalidKeyError"]
+
+
+class KvmapError(Exception):
+    """Base class of every error kvmap raises on purpose."""
+
+
+class ManifestError(KvmapError, ValueError):
+    """A manifest document breaks a rule of the specification.
+
+    ``manifest`` is the document's URL or path (``None`` for an in-memory
+    document without one), ``entry`` the index of the offending entry (``None``
+    for document-level problems) and ``field`` the offending member name
+    (``None`` when no single member is at fault, e.g. an entry without a
+    selector).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        manifest: str | None = None,
+        entry: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.manifest = manifest
+        self.entry = entry
+        self.field = field
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = [self.manifest if self.manifest is not None else "<manifest>"]
+        if self.entry is not None:
+            where.append(f"entry {self.entry}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        return f"{': '.join(where)}: {self.reason}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only constructor arguments need an explicit reduce to pickle.
+        return (_rebuild_manifest_error, (self.reason, self.manifest, self.entry, self.field))
+
+
+def _rebuild_manifest_error(
+    reason: str, manifest: str | None, entry: int | None, field: str | None
+) -> ManifestError:
+    return ManifestError(reason, manifest=manifest, entry=entry, field=field)
+
+
+class InvalidKeyError(KvmapError, ValueError):
+    """A key cannot be turned into a target URL (it holds a lone surrogate)."""

@@ -1,0 +1,159 @@
+"""A compact, read-only hash table from exact keys to fixed-size rows.
+
+Why not a ``dict``: at a million keys a ``dict[str, int]`` costs ~140 bytes per
+key (the str objects, the table, one int object per value) before any payload.
+Here all keys live in one string buffer and every slot is four int64 words in one
+flat array, which is ~60-90 bytes per key *including* the payload, and a lookup
+touches about as many cache lines as a ``dict`` lookup does.
+
+Layout: open addressing with linear probing at load factor 1/2. Slot ``s``
+occupies ``table[4*s : 4*s+4]``: ``word`` (``start << 29 | len << 8 | tag``, or
+-1 when empty) and three payload words. ``tag`` is 8 bits of the key's hash, so
+most probes of other keys are rejected without touching the key buffer. The table
+is built in one vectorised pass: sorted by home slot, each key goes to
+``max(home, previous + 1)``; probing never wraps because the array is long
+enough to hold every overflow, plus one empty sentinel slot.
+
+The table uses the process's ``str`` hash, so it is only valid in the process
+that built it (it is never pickled: rebuild it from the manifest).
+
+>>> t = KeyTable.build(["a/0", "a/1"], np.array([[7, 8, 9], [1, 2, 3]], dtype=np.int64))
+>>> t.row(t.find("a/1")), t.find("zz"), len(t)
+((1, 2, 3), -1, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["KeyTable", "MAX_KEY_LENGTH"]
+
+_WIDTH = 4
+_TAG_BITS = 8
+_LEN_BITS = 21
+_START_SHIFT = _LEN_BITS + _TAG_BITS
+_MATCH_MASK = (1 << _START_SHIFT) - 1
+#: Longest key the table stores, in code points.
+MAX_KEY_LENGTH = (1 << _LEN_BITS) - 1
+_MAX_BUFFER = 1 << (63 - _START_SHIFT)
+
+
+def _tag(h: int) -> int:
+    return (h >> 40) & 0xFF
+
+
+class KeyTable:
+    """Exact keys (distinct) → rows of three int64 payload words."""
+
+    __slots__ = ("buf", "cap", "table", "_array", "_n")
+
+    buf: str
+    cap: int
+    table: memoryview
+    _array: npt.NDArray[np.int64]
+    _n: int
+
+    @classmethod
+    def build(
+        cls, keys: Sequence[str], payload: npt.NDArray[np.int64], hashes: npt.NDArray[np.int64] | None = None
+    ) -> KeyTable:
+        """Build a table of the *distinct* ``keys``; ``payload[i]`` is row ``i``'s three words.
+
+        ``hashes`` may pass ``hash(key)`` of every key, if the caller has them.
+
+        Raises ``ValueError`` if a key is longer than :data:`MAX_KEY_LENGTH`
+        code points, or the keys together exceed the buffer the word can address.
+        """
+        n = len(keys)
+        self = object.__new__(cls)
+        self._n = n
+        self.cap = cap = max(8, 2 * n + 1)
+        self.buf = buf = "".join(keys)
+        if len(buf) >= _MAX_BUFFER:
+            raise ValueError("the keys are too long in total for one key table")
+        lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+        if n and int(lengths.max()) > MAX_KEY_LENGTH:
+            raise ValueError(f"a key is longer than {MAX_KEY_LENGTH} code points")
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        if hashes is None:
+            hashes = np.fromiter(map(hash, keys), dtype=np.int64, count=n)
+        home = hashes % cap  # numpy's % on int64 is floor modulo, as Python's
+        order = np.argsort(home, kind="stable")
+        ranks = np.arange(n, dtype=np.int64)
+        pos = np.maximum.accumulate(home[order] - ranks) + ranks if n else ranks
+        slots = max(cap, int(pos[-1]) + 1 if n else 0) + 1  # + one empty sentinel
+        array = np.full(slots * _WIDTH, -1, dtype=np.int64)
+        words = starts << _START_SHIFT | lengths << _TAG_BITS | ((hashes >> 40) & 0xFF)
+        at = pos * _WIDTH
+        array[at] = words[order]
+        for j in range(3):
+            array[at + 1 + j] = payload[order, j]
+        self._array = array
+        self.table = memoryview(array)
+        return self
+
+    def __len__(self) -> int:
+        return self._n
+
+    def find(self, key: str) -> int:
+        """The index of ``key``'s slot in :attr:`table` (a multiple of 4), or -1."""
+        h = hash(key)
+        i = (h % self.cap) * _WIDTH
+        want = len(key) << _TAG_BITS | _tag(h)
+        table, buf = self.table, self.buf
+        while True:
+            w = table[i]
+            if w < 0:
+                return -1
+            if w & _MATCH_MASK == want and buf.startswith(key, w >> _START_SHIFT):
+                return i
+            i += _WIDTH
+
+    def find_many(self, keys: Sequence[str]) -> npt.NDArray[np.int64]:
+        """:meth:`find` for each key, vectorised over the probe sequence."""
+        n = len(keys)
+        hashes = np.fromiter(map(hash, keys), dtype=np.int64, count=n)
+        want = np.fromiter(map(len, keys), dtype=np.int64, count=n) << _TAG_BITS | ((hashes >> 40) & 0xFF)
+        slot = (hashes % self.cap) * _WIDTH
+        found = np.full(n, -1, dtype=np.int64)
+        todo = np.arange(n)
+        array, buf = self._array, self.buf
+        while todo.size:
+            words = array[slot[todo]]
+            live = words >= 0
+            todo, words = todo[live], words[live]
+            maybe = (words & _MATCH_MASK) == want[todo]
+            if maybe.any():
+                cand = todo[maybe]
+                starts = (words[maybe] >> _START_SHIFT).tolist()
+                hit = np.fromiter(
+                    map(buf.startswith, [keys[k] for k in cand.tolist()], starts), dtype=bool, count=len(starts)
+                )
+                found[cand[hit]] = slot[cand[hit]]
+                todo = np.concatenate((todo[~maybe], cand[~hit]))
+            slot[todo] += _WIDTH
+        return found
+
+    def row(self, i: int) -> tuple[int, int, int]:
+        """The three payload words of slot index ``i`` (from :meth:`find`)."""
+        t = self.table
+        return t[i + 1], t[i + 2], t[i + 3]
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        """Every ``(key, slot index)``, in table order."""
+        t, buf = self._array, self.buf
+        for i in np.flatnonzero(t[::_WIDTH] >= 0).tolist():
+            w = int(t[i * _WIDTH])
+            start = w >> _START_SHIFT
+            yield buf[start : start + ((w >> _TAG_BITS) & MAX_KEY_LENGTH)], i * _WIDTH
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffer and the slot array."""
+        import sys
+
+        return sys.getsizeof(self.buf) + self._array.nbytes

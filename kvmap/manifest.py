@@ -1,0 +1,334 @@
+"""The manifest document: load, validate, save.
+
+A manifest is ``{"kvmap": 1, "entries": [...]}`` (or, as first proposed, a bare
+array of entries). :class:`Manifest` holds a validated document and the URL it
+was read from, against which relative target paths resolve.
+
+Validation has two paths that must agree. :meth:`Entry.from_json` is the
+definition, applied to entries one by one in order, so the first bad entry is the
+one reported. A columnar fast path checks the bulk shape of large manifests —
+exact keys with a path and an optional byte window — whole columns at a time; if
+it finds anything amiss, the entry-by-entry path runs to say exactly what.
+
+>>> m = Manifest.from_json([{"prefix": "", "path": "../data/"}], url="s3://bucket/views/m.json")
+>>> len(m), m.entries[0].selector
+(1, 'prefix')
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import orjson
+
+from kvmap.entries import MAX_INT, Entry
+from kvmap.errors import ManifestError
+from kvmap.url import PIPELINE_SEPARATOR, is_absolute
+
+__all__ = ["FORMAT_VERSION", "Manifest"]
+
+#: The value of the document's ``"kvmap"`` member this version understands.
+FORMAT_VERSION = 1
+
+_DOCUMENT_FIELDS = frozenset(("kvmap", "entries"))
+_FAST_FIELDS = frozenset(("key", "path", "offset", "length"))
+
+
+@dataclass(frozen=True, slots=True)
+class _ExactColumns:
+    """Exact-key entries with a path (or null) and an optional window, as columns."""
+
+    index: Sequence[int]
+    key: list[str]
+    path: list[str | None]
+    offset: list[int | None]
+    length: list[int | None]
+
+
+_NO_EXACT = _ExactColumns(range(0), [], [], [], [])
+
+
+class _EntriesView(Sequence[Entry]):
+    """The entries of a manifest as :class:`Entry` objects, made on access."""
+
+    __slots__ = ("_manifest",)
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._manifest = manifest
+
+    def __len__(self) -> int:
+        return len(self._manifest._raw)
+
+    @overload
+    def __getitem__(self, i: int) -> Entry: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Entry]: ...
+    def __getitem__(self, i: int | slice) -> Entry | list[Entry]:
+        m = self._manifest
+        if isinstance(i, slice):
+            return [Entry.from_json(m._raw[j], j, m.name) for j in range(*i.indices(len(m._raw)))]
+        j = range(len(m._raw))[i]
+        return Entry.from_json(m._raw[j], j, m.name)
+
+
+class Manifest:
+    """A validated kvmap manifest document.
+
+    ``url`` is the absolute URL of the document (``None`` if it has none);
+    relative target paths resolve against it. ``name`` is what errors call the
+    document: the path it was loaded from, else its URL.
+    """
+
+    __slots__ = ("url", "name", "_raw", "_exact", "_others")
+
+    url: str | None
+    name: str | None
+    _raw: list[Any]
+    _exact: _ExactColumns
+    _others: list[tuple[int, Entry]]
+
+    def __init__(self) -> None:
+        raise TypeError("use Manifest.from_json, Manifest.loads or Manifest.load")
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, document: Any, url: str | None = None, *, name: str | None = None) -> Manifest:
+        """Validate a parsed JSON document (object or bare entry array).
+
+        ``url`` must be absolute when given. Raises :class:`ManifestError`
+        naming the manifest, the entry index and the field of the first problem.
+        """
+        entries = _document_entries(document, name or url)
+        # Copy the entry objects so that later changes by the caller cannot
+        # make a validated manifest invalid.
+        entries = [dict(e) if type(e) is dict else e for e in entries]
+        return cls._validated(entries, url, name)
+
+    @classmethod
+    def loads(cls, text: str | bytes, url: str | None = None, *, name: str | None = None) -> Manifest:
+        """Parse and validate a manifest from JSON text."""
+        try:
+            document = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ManifestError(f"not valid JSON: {exc}", manifest=name or url) from None
+        return cls._validated(_document_entries(document, name or url), url, name)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Manifest:
+        """Read and validate a manifest file; its URL is the file's ``file://`` URL.
+
+        Raises :class:`ManifestError` for an invalid document and ``OSError``
+        when the file cannot be read.
+        """
+        name = os.fspath(path)
+        with open(name, "rb") as f:
+            text = f.read()
+        return cls.loads(text, url=Path(os.path.abspath(name)).as_uri(), name=name)
+
+    @classmethod
+    def _validated(cls, raw: list[Any], url: str | None, name: str | None) -> Manifest:
+        if url is not None and not is_absolute(url):
+            raise ValueError(f"a manifest URL must be absolute, not {url!r}")
+        self = object.__new__(cls)
+        self.url = url
+        self.name = name or url
+        self._raw = raw
+        self._exact, self._others = _validate_entries(raw, self.name, url)
+        return self
+
+    # -- access ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @property
+    def entries(self) -> Sequence[Entry]:
+        """The entries, in document (= precedence) order."""
+        return _EntriesView(self)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self.url == other.url and self._raw == other._raw
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Manifest {self.name or '(unnamed)'} with {len(self._raw)} entries>"
+
+    # -- output -----------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The document as JSON-ready Python objects (entries as they were given)."""
+        return {"kvmap": FORMAT_VERSION, "entries": list(self._raw)}
+
+    def dumps(self) -> bytes:
+        """The document as UTF-8 JSON text, one entry per line (diff-friendly)."""
+        if not self._raw:
+            return b'{"kvmap": 1, "entries": []}\n'
+        body = b",\n".join(map(orjson.dumps, self._raw))
+        return b'{"kvmap": 1, "entries": [\n' + body + b"\n]}\n"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the document to ``path`` atomically.
+
+        The text goes to a temporary file in the same directory, is flushed to
+        disk, and then renamed over ``path``: readers see the old document or the
+        new one, never a part. On error the temporary file is removed.
+        """
+        target = os.path.abspath(os.fspath(path))
+        directory = os.path.dirname(target)
+        fd, tmp = tempfile.mkstemp(prefix=".kvmap-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.dumps())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _document_entries(document: Any, name: str | None) -> list[Any]:
+    if isinstance(document, list):
+        return document
+    if not isinstance(document, dict):
+        raise ManifestError("a manifest must be a JSON object or an array of entries", manifest=name)
+    version = document.get("kvmap")
+    if type(version) is not int or version != FORMAT_VERSION:
+        found = "missing" if "kvmap" not in document else repr(version)
+        raise ManifestError(
+            f"unsupported manifest version {found}: this kvmap reads version {FORMAT_VERSION}",
+            manifest=name,
+            field="kvmap",
+        )
+    for member in document:
+        if member not in _DOCUMENT_FIELDS:
+            raise ManifestError("unknown document member", manifest=name, field=member)
+    entries = document.get("entries")
+    if not isinstance(entries, list):
+        raise ManifestError("'entries' must be an array of entries", manifest=name, field="entries")
+    return entries
+
+
+def _relative_path_error(name: str | None, index: int) -> ManifestError:
+    return ManifestError(
+        "is a relative reference, but the manifest has no URL to resolve it against",
+        manifest=name,
+        entry=index,
+        field="path",
+    )
+
+
+def _root_is_relative(path: str) -> bool:
+    return not is_absolute(path.partition(PIPELINE_SEPARATOR)[0])
+
+
+def _validate_one_by_one(raw: list[Any], name: str | None, url: str | None) -> list[Entry]:
+    """The definition of validity: each entry in order; raise at the first bad one."""
+    out = []
+    for i, obj in enumerate(raw):
+        entry = Entry.from_json(obj, i, name)
+        if url is None and entry.path is not None and _root_is_relative(entry.path):
+            raise _relative_path_error(name, i)
+        out.append(entry)
+    return out
+
+
+def _validate_entries(
+    raw: list[Any], name: str | None, url: str | None
+) -> tuple[_ExactColumns, list[tuple[int, Entry]]]:
+    """Split valid entries into exact-key columns and the rest; raise on the first bad entry."""
+    exact = _columns_if_valid(raw, url)
+    if exact is not None:
+        fast = set(exact.index)
+        try:
+            others = [(i, Entry.from_json(raw[i], i, name)) for i in range(len(raw)) if i not in fast]
+            if url is None and any(e.path is not None and _root_is_relative(e.path) for _, e in others):
+                raise _relative_path_error(name, -1)
+        except ManifestError:
+            exact = None  # report the lowest bad index, which may be a fast entry
+        else:
+            return exact, others
+    _validate_one_by_one(raw, name, url)
+    # The column checks rejected something the definition accepts: a bug, not bad input.
+    raise AssertionError("kvmap: fast validation disagrees with Entry.from_json")
+
+
+def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
+    """Columns of the valid plain exact-key entries, or ``None`` if any of them is suspect."""
+    if not raw:
+        return _NO_EXACT
+    if any(type(e) is not dict for e in raw):
+        return None
+    shapes = list(map(tuple, raw))
+    fast_shapes = {s for s in set(shapes) if "key" in s and "path" in s and _FAST_FIELDS.issuperset(s)}
+    if not fast_shapes:
+        return _NO_EXACT
+    if len(fast_shapes) == 1 and len(set(shapes)) == 1:
+        rows: list[dict[str, Any]] = raw
+        index: Sequence[int] = range(len(raw))
+    else:
+        index = [i for i, s in enumerate(shapes) if s in fast_shapes]
+        rows = [raw[i] for i in index]
+    keys = [e["key"] for e in rows]
+    paths = [e["path"] for e in rows]
+    offsets = [e.get("offset") for e in rows]
+    lengths = [e.get("length") for e in rows]
+    if not (_all_text(keys) and _all_text(p for p in set(paths) if p is not None)):
+        return None
+    if not set(map(type, paths)) <= {str, type(None)}:
+        return None
+    if url is None and any(p is not None and _root_is_relative(p) for p in set(paths)):
+        return None
+    for column in (offsets, lengths):
+        values = [v for v in column if v is not None]
+        if values and (not set(map(type, values)) <= {int} or min(values) < 0 or max(values) > MAX_INT):
+            return None
+    if None in paths and any(
+        p is None and (o is not None or n is not None) for p, o, n in zip(paths, offsets, lengths, strict=True)
+    ):
+        return None
+    return _ExactColumns(index, keys, paths, offsets, lengths)
+
+
+def _all_text(values: Any) -> bool:
+    """Whether every value is a ``str`` of Unicode scalar values (no lone surrogates)."""
+    values = list(values)
+    if not set(map(type, values)) <= {str}:
+        return False
+    for v in values:
+        if not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True

@@ -1,0 +1,161 @@
+"""URL syntax kvmap needs before any I/O: relative references and key remainders.
+
+* :func:`join` resolves a reference against a base URL exactly as RFC 3986
+  section 5.2 says, for every scheme (``urllib.parse.urljoin`` only knows a fixed
+  list of schemes and leaves ``s3://b/a/`` + ``../x`` unresolved).
+* :func:`encode_remainder` turns the part of a key that a prefix or range entry
+  appends to its target into URL text that decodes back to exactly that part.
+
+>>> join("s3://bucket/a/m.json", "../data/")
+'s3://bucket/data/'
+>>> encode_remainder("c/0 1|é")
+'c/0%201%7C%C3%A9'
+>>> decode_remainder("c/0%201%7C%C3%A9")
+'c/0 1|é'
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+from kvmap.errors import InvalidKeyError
+
+__all__ = [
+    "PIPELINE_SEPARATOR",
+    "REMAINDER_SAFE",
+    "decode_remainder",
+    "encode_remainder",
+    "is_absolute",
+    "join",
+    "resolve_target",
+]
+
+PIPELINE_SEPARATOR = "|"
+
+#: Characters a key remainder keeps as they are: RFC 3986 "unreserved" and "/".
+REMAINDER_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/")
+_SAFE_CHARS = "".join(sorted(REMAINDER_SAFE))
+
+# RFC 3986 appendix B, with the scheme restricted to RFC 3986 section 3.1.
+_URI = re.compile(r"^(?:([A-Za-z][A-Za-z0-9+.\-]*):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?$", re.S)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+def encode_remainder(remainder: str) -> str:
+    """Percent-encode ``remainder`` for appending to a target URL.
+
+    Every UTF-8 byte outside :data:`REMAINDER_SAFE` becomes ``%XX`` (upper-case
+    hex). Raises :class:`~kvmap.InvalidKeyError` if the text holds a lone
+    surrogate, which has no UTF-8 form.
+    """
+    # str.strip with the safe set empties a string made only of safe characters:
+    # a C-speed test that skips quote() for the common, all-safe key.
+    if not remainder.strip(_SAFE_CHARS):
+        return remainder
+    try:
+        return quote(remainder, safe="/", encoding="utf-8", errors="strict")
+    except UnicodeEncodeError as exc:
+        raise InvalidKeyError(f"key text {remainder!r} is not valid Unicode: {exc.reason}") from None
+
+
+def decode_remainder(text: str) -> str:
+    """Invert :func:`encode_remainder` (strict UTF-8 percent-decoding)."""
+    return unquote(text, encoding="utf-8", errors="strict")
+
+
+def is_absolute(reference: str) -> bool:
+    """Whether ``reference`` starts with an RFC 3986 scheme (``s3:``, ``file:``...)."""
+    return _SCHEME.match(reference) is not None
+
+
+def _remove_dot_segments(path: str) -> str:
+    # RFC 3986 section 5.2.4, written over a list of output segments.
+    out: list[str] = []
+    i = 0
+    while i < len(path):
+        if path.startswith("../", i):
+            i += 3
+        elif path.startswith("./", i):
+            i += 2
+        elif path.startswith("/./", i):
+            i += 2
+        elif path[i:] == "/.":
+            path, i = "/", 0
+        elif path.startswith("/../", i) or path[i:] == "/..":
+            if path[i:] == "/..":
+                path, i = "/", 0
+            else:
+                i += 3
+            if out:
+                out.pop()
+        elif path[i:] in (".", ".."):
+            i = len(path)
+        else:
+            j = path.find("/", i + 1)
+            if j < 0:
+                j = len(path)
+            out.append(path[i:j])
+            i = j
+    return "".join(out)
+
+
+def _merge(base_authority: str | None, base_path: str, ref_path: str) -> str:
+    if base_authority is not None and base_path == "":
+        return "/" + ref_path
+    return base_path[: base_path.rfind("/") + 1] + ref_path
+
+
+def join(base: str, reference: str) -> str:
+    """Resolve ``reference`` against the absolute URL ``base`` (RFC 3986 section 5.2).
+
+    Raises ``ValueError`` if ``base`` has no scheme.
+
+    >>> join("memory://store/x/y.json", "//other/z")
+    'memory://other/z'
+    """
+    b = _URI.match(base)
+    r = _URI.match(reference)
+    assert b is not None and r is not None  # the pattern matches every string
+    b_scheme, b_auth, b_path, b_query, _ = b.groups()
+    if b_scheme is None:
+        raise ValueError(f"base URL {base!r} is not absolute")
+    scheme, auth, path, query, frag = r.groups()
+    if scheme is not None:
+        path = _remove_dot_segments(path)
+    elif auth is not None:
+        scheme, path = b_scheme, _remove_dot_segments(path)
+    else:
+        scheme, auth = b_scheme, b_auth
+        if path == "":
+            path = b_path
+            if query is None:
+                query = b_query
+        elif path.startswith("/"):
+            path = _remove_dot_segments(path)
+        else:
+            path = _remove_dot_segments(_merge(b_auth, b_path, path))
+    out = scheme + ":"
+    if auth is not None:
+        out += "//" + auth
+    out += path
+    if query is not None:
+        out += "?" + query
+    if frag is not None:
+        out += "#" + frag
+    return out
+
+
+def resolve_target(base: str | None, path: str) -> str:
+    """Make a manifest entry's ``path`` absolute.
+
+    Only the root of a URL pipeline (the text before the first ``|``) is a
+    reference; the adapters after it are kept verbatim. Raises ``ValueError``
+    when the root is relative and there is no ``base``.
+    """
+    root, sep, rest = path.partition(PIPELINE_SEPARATOR)
+    if is_absolute(root):
+        return path
+    if base is None:
+        raise ValueError("relative reference, but the manifest has no URL to resolve it against")
+    return join(base, root) + sep + rest

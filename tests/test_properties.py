@@ -1,0 +1,87 @@
+"""Property tests: the compiled map against the last-to-first reference scan."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kvmap
+from kvmap.keyrange import KeyRange
+from kvmap.url import decode_remainder, encode_remainder
+from tests import reference
+from tests.strategies import manifest_and_keys, manifests, texts
+
+
+def as_tuple(r: kvmap.Resolution | None, entry: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    if r is None:
+        return None
+    data: Any = r.data
+    if entry is not None and "json" in entry:
+        data = json.loads(r.data) if r.data is not None else None
+    return (r.entry, r.url, r.offset, r.length, data)
+
+
+@given(manifest_and_keys())
+def test_resolve_matches_reference(case: tuple[list[dict[str, Any]], list[str]]) -> None:
+    entries, keys = case
+    cm = kvmap.compile(entries)
+    for key in keys:
+        r = cm.resolve(key)
+        assert as_tuple(r, entries[r.entry] if r else None) == reference.expected(entries, key), key
+
+
+@given(manifest_and_keys())
+def test_resolve_many_equals_resolve(case: tuple[list[dict[str, Any]], list[str]]) -> None:
+    entries, keys = case
+    cm = kvmap.compile(entries)
+    assert cm.resolve_many(keys) == [cm.resolve(k) for k in keys]
+    assert cm.resolve_many(iter(keys)) == [cm.resolve(k) for k in keys]
+
+
+@given(manifest_and_keys())
+def test_pieces_are_sorted_disjoint_and_cover_exactly(case: tuple[list[dict[str, Any]], list[str]]) -> None:
+    entries, keys = case
+    pieces = list(kvmap.compile(entries).pieces())
+    for p in pieces:
+        assert not KeyRange(p.min, p.max).is_empty()
+    for a, b in zip(pieces, pieces[1:]):
+        assert a.max is not None and a.max <= b.min
+    for key in keys:
+        inside = [p for p in pieces if KeyRange(p.min, p.max).contains(key)]
+        winners = reference.covering(entries, key)
+        assert len(inside) == (1 if winners else 0), key
+        if winners:
+            assert inside[0].entry == winners[0]
+
+
+@given(manifest_and_keys())
+def test_explain_lists_covering_entries_winner_first(case: tuple[list[dict[str, Any]], list[str]]) -> None:
+    entries, keys = case
+    cm = kvmap.compile(entries)
+    for key in keys:
+        ex = cm.explain(key)
+        assert list(ex.entries) == reference.covering(entries, key)
+        assert ex.resolution == cm.resolve(key)
+
+
+@given(manifests)
+def test_manifest_json_round_trip(entries: list[dict[str, Any]]) -> None:
+    m = kvmap.Manifest.from_json({"kvmap": 1, "entries": entries}, url="s3://bucket/m.json")
+    again = kvmap.Manifest.from_json(m.to_json(), url=m.url)
+    assert again == m
+    assert kvmap.Manifest.loads(m.dumps(), url=m.url) == m
+    assert [e.to_json() for e in m.entries] == [e.to_json() for e in again.entries]
+    canonical = kvmap.Manifest.from_json([e.to_json() for e in m.entries], url=m.url)
+    assert list(canonical.entries) == list(m.entries)
+
+
+@given(st.text())
+def test_remainder_encoding_round_trips(text: str) -> None:
+    encoded = encode_remainder(text)
+    assert decode_remainder(encoded) == text
+    # Nothing left that would change a URL's meaning, and every escape is %XX.
+    assert re.fullmatch(r"(?:[A-Za-z0-9\-._~/]|%[0-9A-F]{2})*", encoded), encoded
