@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
+from functools import partial
+from itertools import repeat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from kvmap._gcpause import paused_gc
 from kvmap.entries import Entry
 from kvmap.errors import ManifestError
 from kvmap.keyrange import KeyRange, key_successor
@@ -96,7 +99,8 @@ def compile(source: Manifest | Sequence[Mapping[str, Any]]) -> CompiledMap:  # n
     relative path when the manifest has no URL.
     """
     manifest = source if isinstance(source, Manifest) else Manifest.from_json(list(source))
-    return CompiledMap._build(manifest)
+    with paused_gc():
+        return CompiledMap._build(manifest)
 
 
 class CompiledMap:
@@ -298,29 +302,16 @@ class CompiledMap:
 
     def resolve_many(self, keys: Iterable[str]) -> list[Resolution | None]:
         """``[self.resolve(k) for k in keys]``, computed in bulk (vectorised probing)."""
-        keys = keys if isinstance(keys, list) else list(keys)
-        out: list[Resolution | None] = [None] * len(keys)
-        rest: Iterable[int] = range(len(keys))
-        if self._table is not None:
-            slots = self._table.find_many(keys)
-            hit = np.flatnonzero(slots >= 0)
-            at = slots[hit]
-            array = self._table._array
-            urls, inline = self._urls, self._inline
-            for k, meta, offset, length in zip(
-                hit.tolist(), array[at + 1].tolist(), array[at + 2].tolist(), array[at + 3].tolist(), strict=True
-            ):
-                code = meta & _CODE_MASK
-                if code == 0:
-                    continue
-                if code < _INLINE:
-                    out[k] = _new(
-                        Resolution,
-                        (meta >> 32, urls[code], None if offset < 0 else offset, None if length < 0 else length, None),
-                    )
-                else:
-                    out[k] = _new(Resolution, (meta >> 32, None, None, None, inline[code - _INLINE]))
-            rest = np.flatnonzero(slots < 0).tolist()
+        with paused_gc():
+            return self._resolve_many(keys if isinstance(keys, list) else list(keys))
+
+    def _resolve_many(self, keys: list[str]) -> list[Resolution | None]:
+        out: list[Resolution | None]
+        rest: Iterable[int]
+        if self._table is None:
+            out, rest = [None] * len(keys), range(len(keys))
+        else:
+            out, rest = self._resolve_exact_many(keys)
         if self._bounds:
             bounds, targets, safe = self._bounds, self._targets, _SAFE
             for k in rest:
@@ -332,6 +323,39 @@ class CompiledMap:
                         tail = encode_remainder(tail)
                     out[k] = _new(Resolution, (target[0], target[1] + tail, None, None, None))
         return out
+
+    def _resolve_exact_many(self, keys: list[str]) -> tuple[list[Resolution | None], list[int]]:
+        """Resolutions of the keys in the exact-key table, and the positions of the others."""
+        assert self._table is not None
+        slots = self._table.find_many(keys)
+        hit = np.flatnonzero(slots >= 0)
+        array = self._table._array
+        meta = array[slots[hit] + 1]
+        code = meta & _CODE_MASK
+        # Columns of Python objects, built in numpy, zipped into tuples in C.
+        url = np.array(self._urls + [None], dtype=object)[np.where(code < _INLINE, code, len(self._urls))]
+        offsets, lengths = array[slots[hit] + 2], array[slots[hit] + 3]
+        offset_list, length_list = _nullable(offsets), _nullable(lengths)
+        data: Any = repeat(None)
+        if self._inline:
+            data = np.array([*self._inline, None], dtype=object)[
+                np.where(code >= _INLINE, code - _INLINE, len(self._inline))
+            ].tolist()
+        made = list(
+            map(
+                partial(_new, Resolution),
+                zip((meta >> 32).tolist(), url.tolist(), offset_list, length_list, data),
+            )
+        )
+        whiteout = np.flatnonzero(code == 0)
+        for k in whiteout.tolist():
+            made[k] = None
+        if hit.size == len(keys):
+            return made, []
+        out: list[Resolution | None] = [None] * len(keys)
+        for k, r in zip(hit.tolist(), made, strict=True):
+            out[k] = r
+        return out, np.flatnonzero(slots < 0).tolist()
 
     def pieces(self) -> Iterator[Piece]:
         """The disjoint, non-empty key ranges that some entry covers, in key order.
@@ -369,6 +393,15 @@ class CompiledMap:
         exact = len(self._table) if self._table is not None else 0
         ranges = sum(1 for w in self._winners if w >= 0)
         return f"<CompiledMap {self.name or '(unnamed)'}: {exact} exact keys, {ranges} range pieces>"
+
+
+def _nullable(column: npt.NDArray[np.int64]) -> list[int | None]:
+    """The column as Python ints, with the -1 sentinel as ``None``."""
+    if column.size == 0 or column.min() >= 0:
+        return column.tolist()  # type: ignore[no-any-return]
+    objects = column.astype(object)
+    objects[column < 0] = None
+    return objects.tolist()  # type: ignore[no-any-return]
 
 
 def _window_column(values: list[int | None]) -> npt.NDArray[np.int64]:

@@ -6,9 +6,10 @@ Here all keys live in one string buffer and every slot is four int64 words in on
 flat array, which is ~60-90 bytes per key *including* the payload, and a lookup
 touches about as many cache lines as a ``dict`` lookup does.
 
-Layout: open addressing with linear probing at load factor 1/2. Slot ``s``
-occupies ``table[4*s : 4*s+4]``: ``word`` (``start << 29 | len << 8 | tag``, or
--1 when empty) and three payload words. ``tag`` is 8 bits of the key's hash, so
+Layout: the keys' UTF-8 bytes, concatenated, form ``buf``. Open addressing with
+linear probing at load factor 1/2: slot ``s`` occupies ``table[4*s : 4*s+4]``,
+a ``word`` (``start << 29 | byte_length << 8 | tag``, or -1 when empty) and
+three payload words. ``tag`` is 8 bits of the key's hash, so
 most probes of other keys are rejected without touching the key buffer. The table
 is built in one vectorised pass: sorted by home slot, each key goes to
 ``max(home, previous + 1)``; probing never wraps because the array is long
@@ -17,9 +18,11 @@ enough to hold every overflow, plus one empty sentinel slot.
 The table uses the process's ``str`` hash, so it is only valid in the process
 that built it (it is never pickled: rebuild it from the manifest).
 
->>> t = KeyTable.build(["a/0", "a/1"], np.array([[7, 8, 9], [1, 2, 3]], dtype=np.int64))
->>> t.row(t.find("a/1")), t.find("zz"), len(t)
+>>> t = KeyTable.build(["a/0", "é/1"], np.array([[7, 8, 9], [1, 2, 3]], dtype=np.int64))
+>>> t.row(t.find("é/1")), t.find("zz"), len(t)
 ((1, 2, 3), -1, 2)
+>>> t.find_many(["é/1", "zz", "a/0"]).tolist() == [t.find("é/1"), -1, t.find("a/0")]
+True
 """
 
 from __future__ import annotations
@@ -36,9 +39,18 @@ _TAG_BITS = 8
 _LEN_BITS = 21
 _START_SHIFT = _LEN_BITS + _TAG_BITS
 _MATCH_MASK = (1 << _START_SHIFT) - 1
-#: Longest key the table stores, in code points.
+#: Longest key the table stores, in UTF-8 bytes.
 MAX_KEY_LENGTH = (1 << _LEN_BITS) - 1
 _MAX_BUFFER = 1 << (63 - _START_SHIFT)
+
+
+_PAD = bytes(8)
+_ALL_ONES = np.uint64(2**64 - 1)
+
+
+def _word_view(data: bytes) -> npt.NDArray[np.uint64]:
+    """The little-endian uint64 starting at every byte offset of ``data`` (zero-copy, unaligned)."""
+    return np.ndarray(shape=(max(len(data) - 7, 0),), dtype="<u8", buffer=data, strides=(1,))
 
 
 def _tag(h: int) -> int:
@@ -48,12 +60,13 @@ def _tag(h: int) -> int:
 class KeyTable:
     """Exact keys (distinct) → rows of three int64 payload words."""
 
-    __slots__ = ("buf", "cap", "table", "_array", "_n")
+    __slots__ = ("buf", "cap", "table", "_array", "_words", "_n")
 
-    buf: str
+    buf: bytes
     cap: int
     table: memoryview
     _array: npt.NDArray[np.int64]
+    _words: npt.NDArray[np.uint64]
     _n: int
 
     @classmethod
@@ -65,18 +78,27 @@ class KeyTable:
         ``hashes`` may pass ``hash(key)`` of every key, if the caller has them.
 
         Raises ``ValueError`` if a key is longer than :data:`MAX_KEY_LENGTH`
-        code points, or the keys together exceed the buffer the word can address.
+        bytes, or the keys together exceed the buffer the word can address.
         """
         n = len(keys)
         self = object.__new__(cls)
         self._n = n
         self.cap = cap = max(8, 2 * n + 1)
-        self.buf = buf = "".join(keys)
-        if len(buf) >= _MAX_BUFFER:
+        joined = "".join(keys)
+        # The 8 trailing zero bytes let the word view read a full word at every key.
+        if joined.isascii():
+            self.buf = joined.encode("ascii") + _PAD
+            lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+        else:
+            encoded = [k.encode("utf-8") for k in keys]
+            self.buf = b"".join(encoded) + _PAD
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+        del joined
+        if len(self.buf) >= _MAX_BUFFER:
             raise ValueError("the keys are too long in total for one key table")
-        lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
         if n and int(lengths.max()) > MAX_KEY_LENGTH:
-            raise ValueError(f"a key is longer than {MAX_KEY_LENGTH} code points")
+            raise ValueError(f"a key is longer than {MAX_KEY_LENGTH} bytes")
+        self._words = _word_view(self.buf)
         starts = np.zeros(n, dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         if hashes is None:
@@ -102,26 +124,40 @@ class KeyTable:
     def find(self, key: str) -> int:
         """The index of ``key``'s slot in :attr:`table` (a multiple of 4), or -1."""
         h = hash(key)
+        # surrogatepass: a key with a lone surrogate gets bytes no stored key has.
+        k = key.encode("utf-8", "surrogatepass")
         i = (h % self.cap) * _WIDTH
-        want = len(key) << _TAG_BITS | _tag(h)
+        want = len(k) << _TAG_BITS | _tag(h)
         table, buf = self.table, self.buf
         while True:
             w = table[i]
             if w < 0:
                 return -1
-            if w & _MATCH_MASK == want and buf.startswith(key, w >> _START_SHIFT):
+            if w & _MATCH_MASK == want and buf.startswith(k, w >> _START_SHIFT):
                 return i
             i += _WIDTH
 
     def find_many(self, keys: Sequence[str]) -> npt.NDArray[np.int64]:
-        """:meth:`find` for each key, vectorised over the probe sequence."""
+        """:meth:`find` for each key, vectorised: probes and byte comparisons run in numpy."""
         n = len(keys)
+        joined = "".join(keys)
+        if joined.isascii():
+            query = joined.encode("ascii")
+            lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+        else:
+            encoded = [k.encode("utf-8", "surrogatepass") for k in keys]
+            query = b"".join(encoded)
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+        del joined
+        qbytes = _word_view(query + _PAD)
+        qstarts = np.zeros(n, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=qstarts[1:])
         hashes = np.fromiter(map(hash, keys), dtype=np.int64, count=n)
-        want = np.fromiter(map(len, keys), dtype=np.int64, count=n) << _TAG_BITS | ((hashes >> 40) & 0xFF)
+        want = lengths << _TAG_BITS | ((hashes >> 40) & 0xFF)
         slot = (hashes % self.cap) * _WIDTH
         found = np.full(n, -1, dtype=np.int64)
         todo = np.arange(n)
-        array, buf = self._array, self.buf
+        array = self._array
         while todo.size:
             words = array[slot[todo]]
             live = words >= 0
@@ -129,14 +165,32 @@ class KeyTable:
             maybe = (words & _MATCH_MASK) == want[todo]
             if maybe.any():
                 cand = todo[maybe]
-                starts = (words[maybe] >> _START_SHIFT).tolist()
-                hit = np.fromiter(
-                    map(buf.startswith, [keys[k] for k in cand.tolist()], starts), dtype=bool, count=len(starts)
-                )
+                hit = self._same_bytes(words[maybe] >> _START_SHIFT, qbytes, qstarts[cand], lengths[cand])
                 found[cand[hit]] = slot[cand[hit]]
                 todo = np.concatenate((todo[~maybe], cand[~hit]))
             slot[todo] += _WIDTH
         return found
+
+    def _same_bytes(
+        self,
+        starts: npt.NDArray[np.int64],
+        query: npt.NDArray[np.uint64],
+        qstarts: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+    ) -> npt.NDArray[np.bool_]:
+        """Whether ``buf[starts[i]:+lengths[i]] == query bytes [qstarts[i]:+lengths[i]]`` for each i.
+
+        Compares eight bytes at a time through unaligned little-endian uint64
+        views (both buffers are padded with 8 bytes); the last word of a key is
+        masked to the bytes that belong to it.
+        """
+        words = (lengths + 7) >> 3
+        segment = np.repeat(np.arange(len(lengths)), words)
+        within = (np.arange(int(words.sum())) - np.repeat(np.cumsum(words) - words, words)) << 3
+        left = lengths[segment] - within
+        mask = np.where(left >= 8, _ALL_ONES, (np.uint64(1) << (left.astype(np.uint64) << np.uint64(3))) - np.uint64(1))
+        differ = ((self._words[starts[segment] + within] ^ query[qstarts[segment] + within]) & mask) != 0
+        return np.bincount(segment[differ], minlength=len(lengths)) == 0
 
     def row(self, i: int) -> tuple[int, int, int]:
         """The three payload words of slot index ``i`` (from :meth:`find`)."""
@@ -149,7 +203,7 @@ class KeyTable:
         for i in np.flatnonzero(t[::_WIDTH] >= 0).tolist():
             w = int(t[i * _WIDTH])
             start = w >> _START_SHIFT
-            yield buf[start : start + ((w >> _TAG_BITS) & MAX_KEY_LENGTH)], i * _WIDTH
+            yield buf[start : start + ((w >> _TAG_BITS) & MAX_KEY_LENGTH)].decode("utf-8"), i * _WIDTH
 
     @property
     def nbytes(self) -> int:

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, overload
 
 import orjson
 
+from kvmap._gcpause import paused_gc
 from kvmap.entries import MAX_INT, Entry
 from kvmap.errors import ManifestError
 from kvmap.url import PIPELINE_SEPARATOR, is_absolute
@@ -105,19 +107,21 @@ class Manifest:
         naming the manifest, the entry index and the field of the first problem.
         """
         entries = _document_entries(document, name or url)
-        # Copy the entry objects so that later changes by the caller cannot
-        # make a validated manifest invalid.
-        entries = [dict(e) if type(e) is dict else e for e in entries]
-        return cls._validated(entries, url, name)
+        with paused_gc():
+            # Copy the entry objects so that later changes by the caller cannot
+            # make a validated manifest invalid.
+            entries = [dict(e) if type(e) is dict else e for e in entries]
+            return cls._validated(entries, url, name)
 
     @classmethod
     def loads(cls, text: str | bytes, url: str | None = None, *, name: str | None = None) -> Manifest:
         """Parse and validate a manifest from JSON text."""
-        try:
-            document = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise ManifestError(f"not valid JSON: {exc}", manifest=name or url) from None
-        return cls._validated(_document_entries(document, name or url), url, name)
+        with paused_gc():
+            try:
+                document = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise ManifestError(f"not valid JSON: {exc}", manifest=name or url) from None
+            return cls._validated(_document_entries(document, name or url), url, name)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Manifest:
@@ -287,48 +291,61 @@ def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
     """Columns of the valid plain exact-key entries, or ``None`` if any of them is suspect."""
     if not raw:
         return _NO_EXACT
-    if any(type(e) is not dict for e in raw):
+    if set(map(type, raw)) != {dict}:
         return None
-    shapes = list(map(tuple, raw))
-    fast_shapes = {s for s in set(shapes) if "key" in s and "path" in s and _FAST_FIELDS.issuperset(s)}
+    distinct = set(map(tuple, raw))
+    fast_shapes = {s for s in distinct if "key" in s and "path" in s and _FAST_FIELDS.issuperset(s)}
     if not fast_shapes:
         return _NO_EXACT
-    if len(fast_shapes) == 1 and len(set(shapes)) == 1:
+    if len(distinct) == 1:
         rows: list[dict[str, Any]] = raw
         index: Sequence[int] = range(len(raw))
     else:
-        index = [i for i, s in enumerate(shapes) if s in fast_shapes]
+        index = [i for i, s in enumerate(map(tuple, raw)) if s in fast_shapes]
         rows = [raw[i] for i in index]
-    keys = [e["key"] for e in rows]
-    paths = [e["path"] for e in rows]
-    offsets = [e.get("offset") for e in rows]
-    lengths = [e.get("length") for e in rows]
-    if not (_all_text(keys) and _all_text(p for p in set(paths) if p is not None)):
+    keys = list(map(itemgetter("key"), rows))
+    paths = list(map(itemgetter("path"), rows))
+    offsets = _optional_column(rows, "offset", fast_shapes)
+    lengths = _optional_column(rows, "length", fast_shapes)
+    distinct_paths = set(paths)
+    has_null_path = None in distinct_paths
+    distinct_paths.discard(None)
+    if not (_all_text(keys) and _all_text(distinct_paths)):
         return None
-    if not set(map(type, paths)) <= {str, type(None)}:
-        return None
-    if url is None and any(p is not None and _root_is_relative(p) for p in set(paths)):
+    if url is None and any(_root_is_relative(p) for p in distinct_paths):
         return None
     for column in (offsets, lengths):
-        values = [v for v in column if v is not None]
-        if values and (not set(map(type, values)) <= {int} or min(values) < 0 or max(values) > MAX_INT):
+        values = column
+        if None in values:
+            values = [v for v in column if v is not None]
+        if values and (set(map(type, values)) != {int} or min(values) < 0 or max(values) > MAX_INT):
             return None
-    if None in paths and any(
+    if has_null_path and any(
         p is None and (o is not None or n is not None) for p, o, n in zip(paths, offsets, lengths, strict=True)
     ):
         return None
     return _ExactColumns(index, keys, paths, offsets, lengths)
 
 
-def _all_text(values: Any) -> bool:
+def _optional_column(rows: list[dict[str, Any]], name: str, shapes: set[tuple[str, ...]]) -> list[Any]:
+    if all(name in s for s in shapes):
+        return list(map(itemgetter(name), rows))
+    if not any(name in s for s in shapes):
+        return [None] * len(rows)
+    return [e.get(name) for e in rows]
+
+
+def _all_text(values: Collection[Any]) -> bool:
     """Whether every value is a ``str`` of Unicode scalar values (no lone surrogates)."""
-    values = list(values)
-    if not set(map(type, values)) <= {str}:
+    if not values:
+        return True
+    if set(map(type, values)) != {str}:
         return False
-    for v in values:
-        if not v.isascii():
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
+    if all(map(str.isascii, values)):
+        return True
+    try:
+        for v in values:
+            v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return True
