@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from itertools import repeat
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -92,7 +92,7 @@ class Explanation(NamedTuple):
 _RangeTarget = tuple[int, str, int] | None  # (entry, URL prefix, strip), None: absent
 
 
-def compile(source: Manifest | Sequence[Mapping[str, Any]]) -> CompiledMap:  # noqa: A001
+def compile(source: Manifest | Sequence[Mapping[str, Any]]) -> CompiledMap:
     """Compile a manifest (or a list of JSON entries) into a :class:`CompiledMap`.
 
     Raises :class:`~kvmap.ManifestError` for invalid entries, including a
@@ -111,18 +111,18 @@ class CompiledMap:
     """
 
     __slots__ = (
-        "url",
-        "name",
-        "n_entries",
-        "resolve",
-        "_table",
-        "_urls",
-        "_inline",
         "_bounds",
-        "_targets",
-        "_winners",
+        "_inline",
         "_ranges",
         "_shadowed",
+        "_table",
+        "_targets",
+        "_urls",
+        "_winners",
+        "n_entries",
+        "name",
+        "resolve",
+        "url",
     )
 
     url: str | None
@@ -184,7 +184,7 @@ class CompiledMap:
         if others:
             keys = list(keys)
             extra_codes, extra_off, extra_len = [], [], []
-            for i, e in others:
+            for _i, e in others:
                 keys.append(e.range.min)
                 if e.target == "path":
                     assert e.path is not None
@@ -201,7 +201,7 @@ class CompiledMap:
             codes = np.concatenate((codes, np.array(extra_codes, dtype=np.int64)))
             offsets = np.concatenate((offsets, np.array(extra_off, dtype=np.int64)))
             lengths = np.concatenate((lengths, np.array(extra_len, dtype=np.int64)))
-        self._urls = [""] + list(url_code)  # code c -> self._urls[c]
+        self._urls = ["", *url_code]  # code c -> self._urls[c]
         self._inline = inline
         if not keys:
             self._table = None
@@ -333,7 +333,7 @@ class CompiledMap:
         meta = array[slots[hit] + 1]
         code = meta & _CODE_MASK
         # Columns of Python objects, built in numpy, zipped into tuples in C.
-        url = np.array(self._urls + [None], dtype=object)[np.where(code < _INLINE, code, len(self._urls))]
+        url = np.array([*self._urls, None], dtype=object)[np.where(code < _INLINE, code, len(self._urls))]
         offsets, lengths = array[slots[hit] + 2], array[slots[hit] + 3]
         offset_list, length_list = _nullable(offsets), _nullable(lengths)
         data: Any = repeat(None)
@@ -341,10 +341,10 @@ class CompiledMap:
             data = np.array([*self._inline, None], dtype=object)[
                 np.where(code >= _INLINE, code - _INLINE, len(self._inline))
             ].tolist()
-        made = list(
+        made: list[Resolution | None] = list(
             map(
                 partial(_new, Resolution),
-                zip((meta >> 32).tolist(), url.tolist(), offset_list, length_list, data),
+                zip((meta >> 32).tolist(), url.tolist(), offset_list, length_list, data, strict=False),
             )
         )
         whiteout = np.flatnonzero(code == 0)
@@ -398,7 +398,8 @@ class CompiledMap:
 def _nullable(column: npt.NDArray[np.int64]) -> list[int | None]:
     """The column as Python ints, with the -1 sentinel as ``None``."""
     if column.size == 0 or column.min() >= 0:
-        return column.tolist()  # type: ignore[no-any-return]
+        values: list[int | None] = column.tolist()
+        return values
     objects = column.astype(object)
     objects[column < 0] = None
     return objects.tolist()  # type: ignore[no-any-return]
@@ -406,7 +407,7 @@ def _nullable(column: npt.NDArray[np.int64]) -> list[int | None]:
 
 def _window_column(values: list[int | None]) -> npt.NDArray[np.int64]:
     if None in values:
-        values = [-1 if v is None else v for v in values]  # type: ignore[misc]
+        values = [-1 if v is None else v for v in values]
     return np.array(values, dtype=np.int64).reshape(len(values))
 
 
@@ -444,11 +445,11 @@ def _sweep(
             winners.append(winner)
     targets: list[_RangeTarget] = []
     for w in winners:
-        e = by_index.get(w)
-        if e is None or e.path is None:
+        entry = by_index.get(w)
+        if entry is None or entry.path is None:
             targets.append(None)
         else:
-            targets.append((w, absolute(e.path), e.strip))
+            targets.append((w, absolute(entry.path), entry.strip))
     return bounds, winners, targets
 
 

@@ -22,7 +22,7 @@ import orjson
 from kvmap.errors import ManifestError
 from kvmap.keyrange import KeyRange, key_successor, prefix_range, range_common_prefix_length
 
-__all__ = ["Entry", "MAX_INT", "Selector", "Target"]
+__all__ = ["MAX_INT", "Entry", "Selector", "Target"]
 
 Selector = Literal["key", "prefix", "range"]
 Target = Literal["path", "absent", "data", "json"]
@@ -163,7 +163,7 @@ def _json_type(value: object) -> str:
 class _Validator:
     """Checks the members of one entry and builds errors that name it."""
 
-    __slots__ = ("manifest", "index")
+    __slots__ = ("index", "manifest")
 
     def __init__(self, manifest: str | None, index: int) -> None:
         self.manifest = manifest

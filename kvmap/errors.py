@@ -7,7 +7,7 @@ index and the field, so that a person can go straight to the offending line.
 
 from __future__ import annotations
 
-__all__ = ["KvmapError", "ManifestError", "InvalidKeyError"]
+__all__ = ["InvalidKeyError", "KvmapError", "ManifestError"]
 
 
 class KvmapError(Exception):
@@ -51,9 +51,7 @@ class ManifestError(KvmapError, ValueError):
         return (_rebuild_manifest_error, (self.reason, self.manifest, self.entry, self.field))
 
 
-def _rebuild_manifest_error(
-    reason: str, manifest: str | None, entry: int | None, field: str | None
-) -> ManifestError:
+def _rebuild_manifest_error(reason: str, manifest: str | None, entry: int | None, field: str | None) -> ManifestError:
     return ManifestError(reason, manifest=manifest, entry=entry, field=field)
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = [
-    "KeyRange",
     "MAX_CODE_POINT",
+    "KeyRange",
     "key_successor",
-    "prefix_successor",
     "prefix_range",
+    "prefix_successor",
     "range_common_prefix_length",
 ]
 

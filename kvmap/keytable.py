@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KeyTable", "MAX_KEY_LENGTH"]
+__all__ = ["MAX_KEY_LENGTH", "KeyTable"]
 
 _WIDTH = 4
 _TAG_BITS = 8
@@ -60,7 +60,7 @@ def _tag(h: int) -> int:
 class KeyTable:
     """Exact keys (distinct) → rows of three int64 payload words."""
 
-    __slots__ = ("buf", "cap", "table", "_array", "_words", "_n")
+    __slots__ = ("_array", "_n", "_words", "buf", "cap", "table")
 
     buf: bytes
     cap: int
@@ -115,7 +115,7 @@ class KeyTable:
         for j in range(3):
             array[at + 1 + j] = payload[order, j]
         self._array = array
-        self.table = memoryview(array)
+        self.table = memoryview(array)  # type: ignore[arg-type]  # numpy arrays are buffers
         return self
 
     def __len__(self) -> int:
@@ -190,7 +190,8 @@ class KeyTable:
         left = lengths[segment] - within
         mask = np.where(left >= 8, _ALL_ONES, (np.uint64(1) << (left.astype(np.uint64) << np.uint64(3))) - np.uint64(1))
         differ = ((self._words[starts[segment] + within] ^ query[qstarts[segment] + within]) & mask) != 0
-        return np.bincount(segment[differ], minlength=len(lengths)) == 0
+        same: npt.NDArray[np.bool_] = np.bincount(segment[differ], minlength=len(lengths)) == 0
+        return same
 
     def row(self, i: int) -> tuple[int, int, int]:
         """The three payload words of slot index ``i`` (from :meth:`find`)."""

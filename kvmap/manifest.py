@@ -8,7 +8,7 @@ Validation has two paths that must agree. :meth:`Entry.from_json` is the
 definition, applied to entries one by one in order, so the first bad entry is the
 one reported. A columnar fast path checks the bulk shape of large manifests —
 exact keys with a path and an optional byte window — whole columns at a time; if
-it finds anything amiss, the entry-by-entry path runs to say exactly what.
+it finds anything it cannot vouch for, the entry-by-entry pass decides.
 
 >>> m = Manifest.from_json([{"prefix": "", "path": "../data/"}], url="s3://bucket/views/m.json")
 >>> len(m), m.entries[0].selector
@@ -17,6 +17,7 @@ it finds anything amiss, the entry-by-entry path runs to say exactly what.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Collection, Iterator, Sequence
@@ -86,7 +87,7 @@ class Manifest:
     document: the path it was loaded from, else its URL.
     """
 
-    __slots__ = ("url", "name", "_raw", "_exact", "_others")
+    __slots__ = ("_exact", "_others", "_raw", "name", "url")
 
     url: str | None
     name: str | None
@@ -199,10 +200,8 @@ class Manifest:
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
         _fsync_directory(directory)
 
@@ -279,12 +278,12 @@ def _validate_entries(
             if url is None and any(e.path is not None and _root_is_relative(e.path) for _, e in others):
                 raise _relative_path_error(name, -1)
         except ManifestError:
-            exact = None  # report the lowest bad index, which may be a fast entry
+            pass  # the entry-by-entry pass reports the lowest bad index, which may be a fast one
         else:
             return exact, others
-    _validate_one_by_one(raw, name, url)
-    # The column checks rejected something the definition accepts: a bug, not bad input.
-    raise AssertionError("kvmap: fast validation disagrees with Entry.from_json")
+    # The column checks are conservative (a str subclass, say, is "suspect"): the
+    # definition decides, and what it accepts is kept as Entry objects.
+    return _NO_EXACT, list(enumerate(_validate_one_by_one(raw, name, url)))
 
 
 def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
@@ -307,6 +306,8 @@ def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
     paths = list(map(itemgetter("path"), rows))
     offsets = _optional_column(rows, "offset", fast_shapes)
     lengths = _optional_column(rows, "length", fast_shapes)
+    if offsets is None or lengths is None:
+        return None
     distinct_paths = set(paths)
     has_null_path = None in distinct_paths
     distinct_paths.discard(None)
@@ -327,12 +328,20 @@ def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
     return _ExactColumns(index, keys, paths, offsets, lengths)
 
 
-def _optional_column(rows: list[dict[str, Any]], name: str, shapes: set[tuple[str, ...]]) -> list[Any]:
-    if all(name in s for s in shapes):
-        return list(map(itemgetter(name), rows))
+def _optional_column(rows: list[dict[str, Any]], name: str, shapes: set[tuple[str, ...]]) -> list[Any] | None:
+    """The member's values, ``None`` where it is absent; ``None`` if some entry sets it to null."""
     if not any(name in s for s in shapes):
         return [None] * len(rows)
-    return [e.get(name) for e in rows]
+    if all(name in s for s in shapes):
+        values = list(map(itemgetter(name), rows))
+        return None if None in values else values
+    values = [e.get(name, _ABSENT) for e in rows]
+    if None in values:
+        return None
+    return [None if v is _ABSENT else v for v in values]
+
+
+_ABSENT = object()
 
 
 def _all_text(values: Collection[Any]) -> bool:

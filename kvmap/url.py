@@ -76,9 +76,7 @@ def _remove_dot_segments(path: str) -> str:
     while i < len(path):
         if path.startswith("../", i):
             i += 3
-        elif path.startswith("./", i):
-            i += 2
-        elif path.startswith("/./", i):
+        elif path.startswith("./", i) or path.startswith("/./", i):
             i += 2
         elif path[i:] == "/.":
             path, i = "/", 0
@@ -116,7 +114,8 @@ def join(base: str, reference: str) -> str:
     """
     b = _URI.match(base)
     r = _URI.match(reference)
-    assert b is not None and r is not None  # the pattern matches every string
+    assert b is not None
+    assert r is not None
     b_scheme, b_auth, b_path, b_query, _ = b.groups()
     if b_scheme is None:
         raise ValueError(f"base URL {base!r} is not absolute")

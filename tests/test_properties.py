@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any
@@ -13,7 +14,7 @@ import kvmap
 from kvmap.keyrange import KeyRange
 from kvmap.url import decode_remainder, encode_remainder
 from tests import reference
-from tests.strategies import manifest_and_keys, manifests, texts
+from tests.strategies import manifest_and_keys, manifests
 
 
 def as_tuple(r: kvmap.Resolution | None, entry: dict[str, Any] | None) -> tuple[Any, ...] | None:
@@ -48,8 +49,9 @@ def test_pieces_are_sorted_disjoint_and_cover_exactly(case: tuple[list[dict[str,
     pieces = list(kvmap.compile(entries).pieces())
     for p in pieces:
         assert not KeyRange(p.min, p.max).is_empty()
-    for a, b in zip(pieces, pieces[1:]):
-        assert a.max is not None and a.max <= b.min
+    for a, b in itertools.pairwise(pieces):
+        assert a.max is not None
+        assert a.max <= b.min
     for key in keys:
         inside = [p for p in pieces if KeyRange(p.min, p.max).contains(key)]
         winners = reference.covering(entries, key)

@@ -1,0 +1,25 @@
+"""Run every kvmap benchmark with its default arguments, one after another, and print all tables."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+import bench_compile
+import bench_load
+import bench_memory
+import bench_resolve
+import bench_resolve_many
+
+SCRIPTS = (bench_compile, bench_load, bench_resolve, bench_resolve_many, bench_memory)
+
+
+def main() -> None:
+    for script in SCRIPTS:
+        script.main([])
+        sys.stdout.flush()
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()

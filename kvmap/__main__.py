@@ -1,0 +1,5 @@
+import sys
+
+from kvmap.cli import main
+
+sys.exit(main())

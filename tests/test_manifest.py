@@ -1,0 +1,143 @@
+"""Manifest documents: loading, errors that say where, and atomic saves."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kvmap
+from kvmap.manifest import _validate_one_by_one
+from tests.strategies import entries
+
+
+def test_load_gives_the_file_url_and_resolves_relative_paths(tmp_path: Path) -> None:
+    (tmp_path / "views").mkdir()
+    path = tmp_path / "views" / "m.json"
+    path.write_text('[{"prefix": "t/", "path": "../t.zarr/"}, {"key": "x", "path": "x.bin", "offset": 1}]')
+    m = kvmap.Manifest.load(path)
+    assert m.url == (tmp_path / "views" / "m.json").as_uri()
+    assert m.name == str(path)
+    cm = kvmap.compile(m)
+    assert cm.resolve("t/c/0").url == (tmp_path / "t.zarr").as_uri() + "/c/0"
+    assert cm.resolve("x") == kvmap.Resolution(1, (tmp_path / "views" / "x.bin").as_uri(), 1, None, None)
+
+
+def test_errors_name_manifest_entry_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{"kvmap": 1, "entries": [{"key": "a", "path": "s3://b/a"}, {"prefix": "p", "offset": 3}]}')
+    with pytest.raises(kvmap.ManifestError) as info:
+        kvmap.Manifest.load(path)
+    err = info.value
+    assert (err.manifest, err.entry, err.field) == (str(path), 1, None)  # no target: no single field
+    assert str(err).startswith(f"{path}: entry 1: ")
+    assert isinstance(err, kvmap.KvmapError)
+    assert isinstance(err, ValueError)
+    again = pickle.loads(pickle.dumps(err))
+    assert (str(again), again.entry, again.field) == (str(err), 1, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "entry", "field"),
+    [
+        (b"{", None, None),  # not JSON
+        (b'[{"key": "\\ud800", "path": null}]', None, None),  # lone surrogate: not valid JSON text
+        (b'[{"key": "a", "path": "s3://b", "offset": 18446744073709551616}]', 0, "offset"),
+        (b'[{"key": "a", "path": "s3://b", "offset": 9007199254740992}]', 0, "offset"),
+        (b'[{"key": "a", "path": "s3://b", "length": 1e3}]', 0, "length"),
+        (b'{"kvmap": 1, "entries": {}}', None, "entries"),
+        (b'{"kvmap": 2, "entries": []}', None, "kvmap"),
+    ],
+)
+def test_bad_documents(text: bytes, entry: int | None, field: str | None) -> None:
+    with pytest.raises(kvmap.ManifestError) as info:
+        kvmap.Manifest.loads(text, name="doc.json")
+    assert (info.value.manifest, info.value.entry, info.value.field) == ("doc.json", entry, field)
+
+
+def test_python_objects_are_checked_like_json() -> None:
+    for bad, field in [
+        ({"key": "a\ud800", "path": None}, "key"),
+        ({"key": "a", "path": "s3://b\udfff"}, "path"),
+        ({"key": "a", "json": {1, 2}}, "json"),
+        ({"key": "a", "path": "s3://b", "offset": True}, "offset"),
+    ]:
+        with pytest.raises(kvmap.ManifestError) as info:
+            kvmap.Manifest.from_json([{"key": "ok", "path": "s3://b"}, bad])
+        assert (info.value.entry, info.value.field) == (1, field)
+
+
+def test_validated_manifest_does_not_see_later_changes_by_the_caller() -> None:
+    entries = [{"key": "a", "path": "s3://b/a"}]
+    m = kvmap.Manifest.from_json(entries)
+    entries[0]["offset"] = -1
+    assert m.to_json()["entries"] == [{"key": "a", "path": "s3://b/a"}]
+
+
+def test_save_round_trips_and_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.json"
+    m = kvmap.Manifest.from_json([{"prefix": "", "path": "s3://b/"}, {"key": "é", "data": "aGk="}])
+    m.save(path)
+    assert kvmap.Manifest.load(path).to_json() == m.to_json()
+    before = path.read_bytes()
+
+    def failing_replace(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    bigger = kvmap.Manifest.from_json([{"key": str(i), "path": None} for i in range(1000)])
+    with pytest.raises(OSError, match="disk full"):
+        bigger.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # no temporary file left
+
+
+def test_entries_view() -> None:
+    m = kvmap.Manifest.from_json([{"key": "a", "path": None}, {"prefix": "b", "path": "s3://x/"}])
+    assert len(m.entries) == 2
+    assert m.entries[-1].selector == "prefix"
+    assert [e.selector for e in m.entries[::-1]] == ["prefix", "key"]
+    with pytest.raises(IndexError):
+        m.entries[2]
+
+
+# -- the columnar fast path must agree with the entry-by-entry definition --------------
+
+_mutation = st.sampled_from(
+    [
+        ("offset", -1), ("offset", True), ("length", 1.5), ("length", 2**53), ("path", 3), ("path", "rel/x"),
+        ("key", None), ("key", 7), ("strip_prefix", 0), ("extra", 1), ("data", "aGk="), ("offset", None),
+    ]
+)  # fmt: skip
+
+
+@given(
+    st.lists(entries(), max_size=8),
+    st.lists(st.fixed_dictionaries({"key": st.text(max_size=3), "path": st.just("s3://b/k")}), max_size=8),
+    st.lists(st.tuples(st.integers(0, 15), _mutation), max_size=2),
+    st.booleans(),
+)
+def test_fast_validation_agrees_with_the_definition(
+    mixed: list[dict[str, Any]], plain: list[dict[str, Any]], mutations: list[tuple[int, Any]], with_url: bool
+) -> None:
+    raw = [dict(e) for e in plain + mixed]
+    for position, (name, value) in mutations:
+        if raw:
+            raw[position % len(raw)][name] = value
+    url = "s3://bucket/m.json" if with_url else None
+    try:
+        _validate_one_by_one(raw, None, url)
+        expected: tuple[Any, ...] | None = None
+    except kvmap.ManifestError as exc:
+        expected = (exc.entry, exc.field, exc.reason)
+    try:
+        kvmap.Manifest.from_json(raw, url=url)
+        actual: tuple[Any, ...] | None = None
+    except kvmap.ManifestError as exc:
+        actual = (exc.entry, exc.field, exc.reason)
+    assert actual == expected
