@@ -308,6 +308,8 @@ def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
     lengths = _optional_column(rows, "length", fast_shapes)
     if offsets is None or lengths is None:
         return None
+    if not set(map(type, paths)) <= {str, type(None)}:
+        return None  # before set(paths): a list or object is not even hashable
     distinct_paths = set(paths)
     has_null_path = None in distinct_paths
     distinct_paths.discard(None)

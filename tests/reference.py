@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -33,7 +34,7 @@ def default_strip(entry: dict[str, Any]) -> int:
 
 def absolute(path: str, base: str | None) -> str:
     root, sep, rest = path.partition("|")
-    if ":" in root.split("/")[0] and root[0].isalpha():
+    if re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", root):  # spec 5.1: RFC 3986 scheme
         return path
     assert base is not None
     return join(base, root) + sep + rest

@@ -109,3 +109,11 @@ def test_explicit_null_offset_is_an_error_in_a_large_manifest_too() -> None:
         with pytest.raises(kvmap.ManifestError) as info:
             kvmap.Manifest.from_json(entries)
         assert (info.value.entry, info.value.field) == (len(entries) - 1, "offset")
+
+
+def test_unhashable_path_in_a_large_manifest_is_a_manifest_error() -> None:
+    # Found by fuzz/fuzz_manifest.py: the columnar validation hashed paths before checking their type.
+    doc = b'[{"key": "a", "path": "s3://b/a"}, {"key": "arr", "path": []}, {"key": "o", "path": {}}]'
+    with pytest.raises(kvmap.ManifestError) as info:
+        kvmap.Manifest.loads(doc)
+    assert (info.value.entry, info.value.field) == (1, "path")
