@@ -107,10 +107,6 @@ class Entry:
             data=data,
         )
 
-    def covers(self, key: str) -> bool:
-        """Whether the entry selects ``key``."""
-        return self.range.contains(key)
-
     def to_json(self) -> dict[str, Any]:
         """The entry as a canonical JSON object (defaults left out)."""
         out: dict[str, Any] = {}

@@ -205,10 +205,3 @@ class KeyTable:
             w = int(t[i * _WIDTH])
             start = w >> _START_SHIFT
             yield buf[start : start + ((w >> _TAG_BITS) & MAX_KEY_LENGTH)].decode("utf-8"), i * _WIDTH
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the buffer and the slot array."""
-        import sys
-
-        return sys.getsizeof(self.buf) + self._array.nbytes

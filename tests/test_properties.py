@@ -67,6 +67,7 @@ def test_explain_lists_covering_entries_winner_first(case: tuple[list[dict[str, 
     for key in keys:
         ex = cm.explain(key)
         assert list(ex.entries) == reference.covering(entries, key)
+        assert ex.winner == (ex.entries[0] if ex.entries else None)
         assert ex.resolution == cm.resolve(key)
 
 
