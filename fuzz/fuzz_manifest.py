@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import kvmap  # noqa: E402
-from tests import reference  # noqa: E402
-from tests.strategies import probe_keys  # noqa: E402
+import kvmap
+from tests import reference
+from tests.strategies import probe_keys
 
 URL = "s3://bucket/dir/m.json"
 
