@@ -74,9 +74,13 @@ def prefix_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-def bisect_lookups(entries: list[dict[str, Any]]) -> tuple[Callable[[str], Any], Callable[[str], Any]]:
+def bisect_lookups(
+    entries: list[dict[str, Any]],
+) -> tuple[Callable[[str], str | None], Callable[[str], str | None]]:
     """The prefix baselines: the winning URL prefix, and the full URL (prefix URL + rest of the key)."""
-    rows = sorted((e["prefix"], prefix_end(e["prefix"]), e["path"], len(e["prefix"])) for e in entries)
+    rows: list[tuple[str, str, str, int]] = sorted(
+        (e["prefix"], prefix_end(e["prefix"]), e["path"], len(e["prefix"])) for e in entries
+    )
     mins = [r[0] for r in rows]
     maxs = [r[1] for r in rows]
     vals = [r[2] for r in rows]

@@ -39,7 +39,7 @@ from kvmap._gcpause import paused_gc
 from kvmap.entries import Entry
 from kvmap.errors import ManifestError
 from kvmap.keyrange import KeyRange, key_successor
-from kvmap.keytable import MAX_KEY_LENGTH, KeyTable
+from kvmap.keytable import MAX_KEY_LENGTH, KeyTable, KeyTooLongError
 from kvmap.manifest import Manifest
 from kvmap.url import REMAINDER_SAFE, encode_remainder, resolve_target
 
@@ -169,17 +169,19 @@ class CompiledMap:
     def _build_table(self, manifest: Manifest, absolute: Callable[[str], str]) -> None:
         cols = manifest._exact
         others = [(i, e) for i, e in manifest._others if e.selector == "key"]
-        index = np.fromiter(cols.index, dtype=np.int64, count=len(cols.index))
-        keys = cols.key
+        index = (
+            np.arange(len(cols.index), dtype=np.int64)
+            if isinstance(cols.index, range)
+            else np.fromiter(cols.index, dtype=np.int64, count=len(cols.index))
+        )
+        keys: Sequence[str] = cols.key
         # One URL list entry per distinct absolute URL; paths map to codes once.
         url_code: dict[str, int] = {}
         path_code: dict[str | None, int] = {None: 0}
-        for path in dict.fromkeys(cols.path):
-            if path is not None:
-                path_code[path] = url_code.setdefault(absolute(path), len(url_code) + 1)
+        for path in cols.distinct_paths:
+            path_code[path] = url_code.setdefault(absolute(path), len(url_code) + 1)
         codes = np.fromiter(map(path_code.__getitem__, cols.path), dtype=np.int64, count=len(keys))
-        offsets = _window_column(cols.offset)
-        lengths = _window_column(cols.length)
+        offsets, lengths = cols.offset, cols.length
         inline: list[bytes] = []
         if others:
             keys = list(keys)
@@ -211,19 +213,20 @@ class CompiledMap:
         if keep is not None:
             keys = [keys[k] for k in keep.tolist()]
             index, codes, offsets, lengths, hashes = (a[keep] for a in (index, codes, offsets, lengths, hashes))
-        too_long = [k for k, key in enumerate(keys) if len(key) > MAX_KEY_LENGTH][:1]
-        if too_long:
-            raise ManifestError(
-                f"kvmap keeps exact keys of at most {MAX_KEY_LENGTH} code points",
-                manifest=self.name,
-                entry=int(index[too_long[0]]),
-                field="key",
-            )
         payload = np.stack((index << 32 | codes, offsets, lengths), axis=1)
-        self._table = KeyTable.build(keys, payload, hashes=hashes) if keys else None
+        try:
+            self._table = KeyTable.build(keys, payload, hashes=hashes)
+        except KeyTooLongError as exc:
+            raise ManifestError(
+                f"kvmap keeps exact keys of at most {MAX_KEY_LENGTH} UTF-8 bytes",
+                manifest=self.name,
+                entry=int(index[exc.position]),
+                field="key",
+            ) from None
+
 
     def _drop_losers(
-        self, keys: list[str], index: npt.NDArray[np.int64], hashes: npt.NDArray[np.int64]
+        self, keys: Sequence[str], index: npt.NDArray[np.int64], hashes: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.int64] | None:
         """Positions of the exact entries that win, or ``None`` if all do.
 
@@ -232,12 +235,12 @@ class CompiledMap:
         :meth:`explain`.
         """
         losers: set[int] = set()
-        order = np.lexsort((index, hashes))
-        sorted_hashes = hashes[order]
-        same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
-        if same.size:
+        if len(keys) > 1 and (np.diff(np.sort(hashes)) == 0).any():
             # Runs of equal hashes: duplicates of one key, or (rarely) a collision.
-            # Within a run positions come in entry order, so a repeat beats the last.
+            # Ordered by (hash, entry), a repeat of a key beats the one before it.
+            order = np.lexsort((index, hashes))
+            sorted_hashes = hashes[order]
+            same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
             latest: dict[str, int] = {}
             for k in np.unique(np.concatenate((same, same + 1))).tolist():
                 pos = int(order[k])
@@ -403,12 +406,6 @@ def _nullable(column: npt.NDArray[np.int64]) -> list[int | None]:
     objects = column.astype(object)
     objects[column < 0] = None
     return objects.tolist()  # type: ignore[no-any-return]
-
-
-def _window_column(values: list[int | None]) -> npt.NDArray[np.int64]:
-    if None in values:
-        values = [-1 if v is None else v for v in values]
-    return np.array(values, dtype=np.int64).reshape(len(values))
 
 
 def _sweep(

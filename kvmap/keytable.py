@@ -53,6 +53,14 @@ def _word_view(data: bytes) -> npt.NDArray[np.uint64]:
     return np.ndarray(shape=(max(len(data) - 7, 0),), dtype="<u8", buffer=data, strides=(1,))
 
 
+class KeyTooLongError(ValueError):
+    """A key is longer than :data:`MAX_KEY_LENGTH` bytes; ``position`` is its index."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(f"key {position} is longer than {MAX_KEY_LENGTH} UTF-8 bytes")
+        self.position = position
+
+
 def _tag(h: int) -> int:
     return (h >> 40) & 0xFF
 
@@ -77,8 +85,9 @@ class KeyTable:
 
         ``hashes`` may pass ``hash(key)`` of every key, if the caller has them.
 
-        Raises ``ValueError`` if a key is longer than :data:`MAX_KEY_LENGTH`
-        bytes, or the keys together exceed the buffer the word can address.
+        Raises :class:`KeyTooLongError` if a key is longer than
+        :data:`MAX_KEY_LENGTH` bytes, ``ValueError`` if the keys together exceed
+        the buffer the word can address.
         """
         n = len(keys)
         self = object.__new__(cls)
@@ -97,23 +106,23 @@ class KeyTable:
         if len(self.buf) >= _MAX_BUFFER:
             raise ValueError("the keys are too long in total for one key table")
         if n and int(lengths.max()) > MAX_KEY_LENGTH:
-            raise ValueError(f"a key is longer than {MAX_KEY_LENGTH} bytes")
+            raise KeyTooLongError(int(np.argmax(lengths > MAX_KEY_LENGTH)))
         self._words = _word_view(self.buf)
         starts = np.zeros(n, dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         if hashes is None:
             hashes = np.fromiter(map(hash, keys), dtype=np.int64, count=n)
         home = hashes % cap  # numpy's % on int64 is floor modulo, as Python's
-        order = np.argsort(home, kind="stable")
+        order = np.argsort(home)  # any order among equal homes makes a valid table
         ranks = np.arange(n, dtype=np.int64)
         pos = np.maximum.accumulate(home[order] - ranks) + ranks if n else ranks
         slots = max(cap, int(pos[-1]) + 1 if n else 0) + 1  # + one empty sentinel
         array = np.full(slots * _WIDTH, -1, dtype=np.int64)
-        words = starts << _START_SHIFT | lengths << _TAG_BITS | ((hashes >> 40) & 0xFF)
         at = pos * _WIDTH
-        array[at] = words[order]
+        array[at] = (starts << _START_SHIFT | lengths << _TAG_BITS | ((hashes >> 40) & 0xFF))[order]
+        rows = np.take(payload, order, axis=0)
         for j in range(3):
-            array[at + 1 + j] = payload[order, j]
+            array[at + 1 + j] = rows[:, j]
         self._array = array
         self.table = memoryview(array)  # type: ignore[arg-type]  # numpy arrays are buffers
         return self

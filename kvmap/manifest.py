@@ -22,10 +22,13 @@ import os
 import tempfile
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, overload
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from kvmap._gcpause import paused_gc
@@ -47,13 +50,15 @@ class _ExactColumns:
     """Exact-key entries with a path (or null) and an optional window, as columns."""
 
     index: Sequence[int]
-    key: list[str]
-    path: list[str | None]
-    offset: list[int | None]
-    length: list[int | None]
+    key: Sequence[str]
+    path: Sequence[str | None]
+    offset: npt.NDArray[np.int64]  # -1: not set
+    length: npt.NDArray[np.int64]  # -1: not set
+    distinct_paths: set[str]  # the non-null paths, each once
 
 
-_NO_EXACT = _ExactColumns(range(0), [], [], [], [])
+_NO_EXACT = _ExactColumns(range(0), [], [], np.zeros(0, np.int64), np.zeros(0, np.int64), set())
+_BULK_FIELDS = ("key", "path", "offset", "length")
 
 
 class _EntriesView(Sequence[Entry]):
@@ -272,9 +277,9 @@ def _validate_entries(
     """Split valid entries into exact-key columns and the rest; raise on the first bad entry."""
     exact = _columns_if_valid(raw, url)
     if exact is not None:
-        fast = set(exact.index)
+        rest = () if len(exact.index) == len(raw) else sorted(set(range(len(raw))) - set(exact.index))
         try:
-            others = [(i, Entry.from_json(raw[i], i, name)) for i in range(len(raw)) if i not in fast]
+            others = [(i, Entry.from_json(raw[i], i, name)) for i in rest]
             if url is None and any(e.path is not None and _root_is_relative(e.path) for _, e in others):
                 raise _relative_path_error(name, -1)
         except ManifestError:
@@ -292,22 +297,28 @@ def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
         return _NO_EXACT
     if set(map(type, raw)) != {dict}:
         return None
-    distinct = set(map(tuple, raw))
-    fast_shapes = {s for s in distinct if "key" in s and "path" in s and _FAST_FIELDS.issuperset(s)}
-    if not fast_shapes:
-        return _NO_EXACT
-    if len(distinct) == 1:
-        rows: list[dict[str, Any]] = raw
-        index: Sequence[int] = range(len(raw))
-    else:
-        index = [i for i, s in enumerate(map(tuple, raw)) if s in fast_shapes]
-        rows = [raw[i] for i in index]
-    keys = list(map(itemgetter("key"), rows))
-    paths = list(map(itemgetter("path"), rows))
-    offsets = _optional_column(rows, "offset", fast_shapes)
-    lengths = _optional_column(rows, "length", fast_shapes)
-    if offsets is None or lengths is None:
-        return None
+    rows: list[dict[str, Any]] = raw
+    index: Sequence[int] = range(len(raw))
+    offsets: list[Any] | None
+    lengths: list[Any] | None
+    try:
+        # The bulk shape, every entry exactly {key, path, offset, length}: a KeyError
+        # or a member count above 4n sends anything else to the general path.
+        keys, paths, offsets, lengths = (list(map(itemgetter(name), raw)) for name in _BULK_FIELDS)
+        if sum(map(len, raw)) != 4 * len(raw):
+            raise KeyError
+    except KeyError:
+        if not _uniform_exact(raw):
+            distinct = set(map(tuple, raw))
+            fast_shapes = {s for s in distinct if "key" in s and "path" in s and _FAST_FIELDS.issuperset(s)}
+            if not fast_shapes:
+                return _NO_EXACT
+            index = [i for i, s in enumerate(map(tuple, raw)) if s in fast_shapes]
+            rows = [raw[i] for i in index]
+        keys = list(map(itemgetter("key"), rows))
+        paths = list(map(itemgetter("path"), rows))
+        offsets = _optional_column(rows, "offset")
+        lengths = _optional_column(rows, "length")
     if not set(map(type, paths)) <= {str, type(None)}:
         return None  # before set(paths): a list or object is not even hashable
     distinct_paths = set(paths)
@@ -317,33 +328,61 @@ def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
         return None
     if url is None and any(_root_is_relative(p) for p in distinct_paths):
         return None
-    for column in (offsets, lengths):
-        values = column
-        if None in values:
-            values = [v for v in column if v is not None]
-        if values and (set(map(type, values)) != {int} or min(values) < 0 or max(values) > MAX_INT):
-            return None
+    offset_array, length_array = _window_array(offsets), _window_array(lengths)
+    if offset_array is None or length_array is None:
+        return None
     if has_null_path and any(
-        p is None and (o is not None or n is not None) for p, o, n in zip(paths, offsets, lengths, strict=True)
+        p is None and (o >= 0 or n >= 0)
+        for p, o, n in zip(paths, offset_array.tolist(), length_array.tolist(), strict=True)
     ):
         return None
-    return _ExactColumns(index, keys, paths, offsets, lengths)
+    return _ExactColumns(index, keys, paths, offset_array, length_array, distinct_paths)
 
 
-def _optional_column(rows: list[dict[str, Any]], name: str, shapes: set[tuple[str, ...]]) -> list[Any] | None:
-    """The member's values, ``None`` where it is absent; ``None`` if some entry sets it to null."""
-    if not any(name in s for s in shapes):
-        return [None] * len(rows)
-    if all(name in s for s in shapes):
-        values = list(map(itemgetter(name), rows))
-        return None if None in values else values
-    values = [e.get(name, _ABSENT) for e in rows]
-    if None in values:
+def _window_array(values: list[Any]) -> npt.NDArray[np.int64] | None:
+    """Window values as int64 with -1 for "not set" (:data:`_ABSENT`); ``None`` if any is invalid."""
+    types = set(map(type, values))  # excludes null, booleans and floats in one pass
+    if not types <= {int, _Absent}:
         return None
-    return [None if v is _ABSENT else v for v in values]
+    if _Absent in types:
+        present = [v for v in values if v is not _ABSENT]
+        if present and (min(present) < 0 or max(present) > MAX_INT):
+            return None
+        values = [-1 if v is _ABSENT else v for v in values]
+    try:
+        array = np.array(values, dtype=np.int64)
+    except OverflowError:
+        return None
+    if _Absent not in types and array.size and (array.min() < 0 or array.max() > MAX_INT):
+        return None
+    return array
 
 
-_ABSENT = object()
+def _uniform_exact(raw: list[dict[str, Any]]) -> bool:
+    """Whether every entry has ``key``, ``path`` and nothing but ``offset``/``length`` besides.
+
+    Counting members instead of collecting each entry's member names avoids a
+    tuple per entry: when every entry has key and path, the member counts add up
+    to ``2n + #offset + #length`` exactly when no entry has any other member.
+    """
+    n = len(raw)
+    has = {name: sum(map(dict.__contains__, raw, repeat(name))) for name in _FAST_FIELDS}
+    return has["key"] == n and has["path"] == n and sum(map(len, raw)) == 2 * n + has["offset"] + has["length"]
+
+
+def _optional_column(rows: list[dict[str, Any]], name: str) -> list[Any]:
+    """The member's values, with :data:`_ABSENT` where an entry does not have it."""
+    count = sum(map(dict.__contains__, rows, repeat(name)))
+    if count == 0:
+        return [_ABSENT] * len(rows)
+    return list(map(itemgetter(name), rows)) if count == len(rows) else [e.get(name, _ABSENT) for e in rows]
+
+
+class _Absent:
+    """The marker of a window member an entry does not have."""
+
+
+_ABSENT = _Absent()
 
 
 def _all_text(values: Collection[Any]) -> bool:
