@@ -30,6 +30,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from itertools import repeat
+from operator import add, getitem
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -51,6 +52,11 @@ _SAFE = "".join(sorted(REMAINDER_SAFE))
 _INLINE = 1 << 31
 _CODE_MASK = (1 << 32) - 1
 _new = tuple.__new__
+_NONES = repeat(None)
+# resolve_many searches range bounds with numpy for batches of at least this
+# many keys, when the fixed-width arrays take at most this many bytes.
+_VECTOR_MIN = 64
+_VECTOR_BYTES = 256 << 20
 
 
 class Resolution(NamedTuple):
@@ -92,6 +98,15 @@ class Explanation(NamedTuple):
 _RangeTarget = tuple[int, str, int] | None  # (entry, URL prefix, strip), None: absent
 
 
+class _PieceColumns(NamedTuple):
+    """The range pieces as columns, for resolve_many (entry -1: no value there)."""
+
+    bounds: npt.NDArray[np.str_] | None  # None: searchsorted would not be exact
+    entry: npt.NDArray[np.int64]
+    prefix: npt.NDArray[np.object_]
+    strip: npt.NDArray[np.int64]
+
+
 def compile(source: Manifest | Sequence[Mapping[str, Any]]) -> CompiledMap:
     """Compile a manifest (or a list of JSON entries) into a :class:`CompiledMap`.
 
@@ -112,6 +127,7 @@ class CompiledMap:
 
     __slots__ = (
         "_bounds",
+        "_columns",
         "_inline",
         "_ranges",
         "_shadowed",
@@ -140,6 +156,7 @@ class CompiledMap:
     _winners: list[int]
     _ranges: list[tuple[int, KeyRange]]
     _shadowed: dict[str, list[int]]
+    _columns: _PieceColumns | None
 
     def __init__(self) -> None:
         raise TypeError("use kvmap.compile(manifest)")
@@ -161,6 +178,7 @@ class CompiledMap:
         ranges = [(i, e) for i, e in manifest._others if e.selector != "key"]
         self._ranges = [(i, e.range) for i, e in ranges]
         self._bounds, self._winners, self._targets = _sweep(ranges, absolute)
+        self._columns = None
         self._shadowed = {}
         self._build_table(manifest, absolute)
         self.resolve = self._make_resolver()
@@ -223,7 +241,6 @@ class CompiledMap:
                 entry=int(index[exc.position]),
                 field="key",
             ) from None
-
 
     def _drop_losers(
         self, keys: Sequence[str], index: npt.NDArray[np.int64], hashes: npt.NDArray[np.int64]
@@ -309,56 +326,97 @@ class CompiledMap:
             return self._resolve_many(keys if isinstance(keys, list) else list(keys))
 
     def _resolve_many(self, keys: list[str]) -> list[Resolution | None]:
-        out: list[Resolution | None]
-        rest: Iterable[int]
-        if self._table is None:
-            out, rest = [None] * len(keys), range(len(keys))
-        else:
-            out, rest = self._resolve_exact_many(keys)
-        if self._bounds:
-            bounds, targets, safe = self._bounds, self._targets, _SAFE
-            for k in rest:
-                key = keys[k]
-                target = targets[bisect_right(bounds, key)]
-                if target is not None:
-                    tail = key[target[2] :]
-                    if tail.strip(safe):
-                        tail = encode_remainder(tail)
-                    out[k] = _new(Resolution, (target[0], target[1] + tail, None, None, None))
-        return out
+        # Results are placed by numpy scatter into one object array.
+        out = np.full(len(keys), None, dtype=object)
+        rest = np.arange(len(keys)) if self._table is None else self._resolve_exact_many(keys, out)
+        if self._bounds and rest.size:
+            self._resolve_ranges_many(keys, rest, out)
+        results: list[Resolution | None] = out.tolist()
+        return results
 
-    def _resolve_exact_many(self, keys: list[str]) -> tuple[list[Resolution | None], list[int]]:
-        """Resolutions of the keys in the exact-key table, and the positions of the others."""
+    def _resolve_exact_many(self, keys: list[str], out: npt.NDArray[np.object_]) -> npt.NDArray[np.intp]:
+        """Place the resolutions of keys in the exact-key table; return the positions of the others."""
         assert self._table is not None
         slots = self._table.find_many(keys)
-        hit = np.flatnonzero(slots >= 0)
         array = self._table._array
-        meta = array[slots[hit] + 1]
+        hit = np.flatnonzero(slots >= 0)
+        code = array[slots[hit] + 1] & _CODE_MASK
+        hit = hit[code != 0]  # whiteouts stay None
+        at = slots[hit]
+        meta = array[at + 1]
         code = meta & _CODE_MASK
         # Columns of Python objects, built in numpy, zipped into tuples in C.
         url = np.array([*self._urls, None], dtype=object)[np.where(code < _INLINE, code, len(self._urls))]
-        offsets, lengths = array[slots[hit] + 2], array[slots[hit] + 3]
-        offset_list, length_list = _nullable(offsets), _nullable(lengths)
-        data: Any = repeat(None)
+        data: Any = _NONES
         if self._inline:
             data = np.array([*self._inline, None], dtype=object)[
                 np.where(code >= _INLINE, code - _INLINE, len(self._inline))
             ].tolist()
-        made: list[Resolution | None] = list(
-            map(
-                partial(_new, Resolution),
-                zip((meta >> 32).tolist(), url.tolist(), offset_list, length_list, data, strict=False),
-            )
+        columns = zip(
+            (meta >> 32).tolist(), url.tolist(), _nullable(array[at + 2]), _nullable(array[at + 3]), data, strict=False
         )
-        whiteout = np.flatnonzero(code == 0)
-        for k in whiteout.tolist():
-            made[k] = None
-        if hit.size == len(keys):
-            return made, []
-        out: list[Resolution | None] = [None] * len(keys)
-        for k, r in zip(hit.tolist(), made, strict=True):
-            out[k] = r
-        return out, np.flatnonzero(slots < 0).tolist()
+        out[hit] = np.fromiter(map(partial(_new, Resolution), columns), dtype=object, count=hit.size)
+        return np.flatnonzero(slots < 0)
+
+    def _resolve_ranges_many(self, keys: list[str], which: npt.NDArray[np.intp], out: npt.NDArray[np.object_]) -> None:
+        """Place the resolutions of ``keys[k]`` for ``k`` in ``which`` from the range pieces."""
+        pieces = self._piece_columns()
+        searched = [keys[k] for k in which.tolist()]
+        order, position, needles = self._range_positions(searched)
+        found = np.flatnonzero(pieces.entry[position] >= 0)
+        at = position[found]
+        rows = which[order[found]]
+        tails: list[str]
+        if needles is not None:  # the sorted keys, contiguous: slice them there
+            tails = np.strings.slice(needles[found], pieces.strip[at], None).tolist()
+        else:
+            chosen = [searched[i] for i in order[found].tolist()]
+            tails = list(map(getitem, chosen, map(slice, pieces.strip[at].tolist(), _NONES)))
+        if "".join(tails).strip(_SAFE):  # some remainder needs escaping
+            tails = [t if not t.strip(_SAFE) else encode_remainder(t) for t in tails]
+        urls = map(add, pieces.prefix[at].tolist(), tails)
+        columns = zip(pieces.entry[at].tolist(), urls, _NONES, _NONES, _NONES, strict=False)
+        out[rows] = np.fromiter(map(partial(_new, Resolution), columns), dtype=object, count=rows.size)
+
+    def _range_positions(
+        self, keys: list[str]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.str_] | None]:
+        """``(order, position, needles)``: ``position[i] == bisect_right(self._bounds, keys[order[i]])``.
+
+        With numpy the keys are searched in sorted order (``needles``, a
+        fixed-width array): each search starts from the last, and the pieces are
+        then visited in memory order. NumPy's ``U`` strings are NUL-padded, so they
+        order like Python strings only when no string ends in NUL; and their width
+        is the longest string's, so very long keys would cost too much memory.
+        Either case, and small batches, take the plain bisect (``needles`` None).
+        """
+        if (
+            len(keys) >= _VECTOR_MIN
+            and (bounds := self._piece_columns().bounds) is not None
+            and "\0" not in "".join(keys)
+            and max(map(len, keys)) * len(keys) * 4 <= _VECTOR_BYTES
+        ):
+            needles = np.array(keys)
+            order = np.argsort(needles)
+            needles = needles[order]
+            return order, np.searchsorted(bounds, needles, side="right"), needles
+        position = np.fromiter(map(bisect_right, repeat(self._bounds), keys), dtype=np.int64, count=len(keys))
+        return np.arange(len(keys)), position, None
+
+    def _piece_columns(self) -> _PieceColumns:
+        """Per-piece columns for bulk resolution, built on first use."""
+        if self._columns is None:
+            bounds = self._bounds
+            usable = not any(b.endswith("\0") for b in bounds)
+            usable = usable and max(map(len, bounds), default=0) * len(bounds) * 4 <= _VECTOR_BYTES
+            targets = self._targets
+            self._columns = _PieceColumns(
+                bounds=np.array(bounds) if usable else None,
+                entry=np.array([-1 if t is None else t[0] for t in targets], dtype=np.int64),
+                prefix=np.array(["" if t is None else t[1] for t in targets], dtype=object),
+                strip=np.array([0 if t is None else t[2] for t in targets], dtype=np.int64),
+            )
+        return self._columns
 
     def pieces(self) -> Iterator[Piece]:
         """The disjoint, non-empty key ranges that some entry covers, in key order.

@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -88,3 +89,19 @@ def test_remainder_encoding_round_trips(text: str) -> None:
     assert decode_remainder(encoded) == text
     # Nothing left that would change a URL's meaning, and every escape is %XX.
     assert re.fullmatch(r"(?:[A-Za-z0-9\-._~/]|%[0-9A-F]{2})*", encoded), encoded
+
+
+@given(manifest_and_keys())
+def test_resolve_many_vectorised_range_search_equals_resolve(case: tuple[list[dict[str, Any]], list[str]]) -> None:
+    entries, keys = case
+    # NUL-free batches of at least 64 keys take numpy's searchsorted (see _range_positions).
+    keys = [k for k in keys if "\0" not in k] or ["a"]
+    keys = keys * (64 // len(keys) + 1)
+    cm = kvmap.compile(entries)
+    assert cm.resolve_many(keys) == [cm.resolve(k) for k in keys]
+    # The vectorised path was taken whenever it could be.
+    to_search = [k for k in keys if cm._table is None or cm._table.find(k) < 0]
+    usable = bool(cm._bounds) and not any(b.endswith("\0") for b in cm._bounds)
+    if len(to_search) >= 64 and cm._bounds:
+        assert cm._columns is not None
+        assert isinstance(cm._columns.bounds, np.ndarray) == usable
