@@ -163,6 +163,8 @@ class CompiledMap:
 
     @classmethod
     def _build(cls, manifest: Manifest) -> CompiledMap:
+        if len(manifest) >= _INLINE:  # entry indices share an int64 word with a 32-bit code
+            raise ManifestError(f"kvmap compiles at most {_INLINE - 1} entries", manifest=manifest.name)
         self = object.__new__(cls)
         self.url, self.name, self.n_entries = manifest.url, manifest.name, len(manifest)
         base = manifest.url
@@ -221,6 +223,8 @@ class CompiledMap:
             codes = np.concatenate((codes, np.array(extra_codes, dtype=np.int64)))
             offsets = np.concatenate((offsets, np.array(extra_off, dtype=np.int64)))
             lengths = np.concatenate((lengths, np.array(extra_len, dtype=np.int64)))
+        if len(url_code) >= _INLINE - 1:
+            raise ManifestError(f"kvmap compiles at most {_INLINE - 2} distinct URLs", manifest=self.name)
         self._urls = ["", *url_code]  # code c -> self._urls[c]
         self._inline = inline
         if not keys:
