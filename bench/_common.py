@@ -10,6 +10,7 @@ importing this module, so that ``kvmap`` is the working tree's.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import platform
@@ -253,3 +254,12 @@ def print_report(
     print(format_table(["case", "kvmap", "baseline", "ratio", "target", "meets"], cells))
     for note in notes:
         print(f"  * {note}")
+
+
+def parse_args(doc: str, argv: Sequence[str] | None, n_help: str) -> argparse.Namespace:
+    """The options every script takes: ``--n`` (default 1e6), ``--repeat`` (5) and ``--seed`` (0)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help=n_help)
+    parser.add_argument("--repeat", type=int, default=5, help="measurements per side")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import gc
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from _common import (
     chunk_refs,
     exact_entries,
     manifest_bytes,
+    parse_args,
     print_report,
     run_trials,
     time_call,
@@ -64,11 +64,7 @@ def trial_sort(text: bytes, *, gc_enabled: bool) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="number of exact-key entries")
-    parser.add_argument("--repeat", type=int, default=5, help="measurements per side")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, "number of exact-key entries")
 
     text = manifest_bytes(exact_entries(chunk_refs(args.n, args.seed)))
     gc.collect()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import gc
 import tempfile
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from _common import (
     exact_entries,
     kerchunk_bytes,
     manifest_bytes,
+    parse_args,
     print_report,
     run_trials,
     time_call,
@@ -79,11 +79,7 @@ def write_files(directory: Path, n: int, seed: int) -> tuple[str, str, str, tupl
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="number of chunk references")
-    parser.add_argument("--repeat", type=int, default=5, help="measurements per side")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, "number of chunk references")
 
     remote = fsspec.filesystem("memory")
     with tempfile.TemporaryDirectory(prefix="kvmap-bench-") as tmp:

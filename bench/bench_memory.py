@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import tempfile
 from collections.abc import Callable, Sequence
 
@@ -32,6 +31,7 @@ from _common import (
     exact_entries,
     kerchunk_bytes,
     manifest_bytes,
+    parse_args,
     print_report,
     run_trials,
     traced_bytes,
@@ -67,11 +67,7 @@ def plain_dict(n: int, seed: int) -> dict[str, tuple[str, int, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="number of exact-key entries")
-    parser.add_argument("--repeat", type=int, default=5, help="measurements per side")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, "number of exact-key entries")
     n, seed = args.n, args.seed
 
     remote = fsspec.filesystem("memory")

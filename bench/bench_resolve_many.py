@@ -13,7 +13,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse
 import gc
 from collections.abc import Callable, Sequence
 
@@ -22,6 +21,7 @@ from _common import (
     exact_manifest,
     fresh,
     manifest_keys,
+    parse_args,
     prefix_entries,
     prefix_queries,
     print_report,
@@ -90,11 +90,7 @@ def prefix_rows(pieces: int, count: int, repeat: int, seed: int) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="exact keys; prefix pieces and queries are n/10")
-    parser.add_argument("--repeat", type=int, default=5, help="measurements per side")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, "exact keys; prefix pieces and queries are n/10")
     count = pieces = max(1, args.n // 10)
 
     rows = exact_rows(args.n, count, args.repeat, args.seed)
