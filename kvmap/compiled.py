@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from kvmap._gcpause import paused_gc
 from kvmap.entries import Entry
-from kvmap.errors import ManifestError
+from kvmap.errors import InvalidKeyError, ManifestError
 from kvmap.keyrange import KeyRange, key_successor
 from kvmap.keytable import MAX_KEY_LENGTH, KeyTable, KeyTooLongError
 from kvmap.manifest import Manifest
@@ -146,7 +146,7 @@ class CompiledMap:
     n_entries: int
     #: ``resolve(key) -> Resolution | None`` — ``None`` when no entry covers the
     #: key or the winner is a whiteout. Raises :class:`~kvmap.InvalidKeyError` if
-    #: a key holding a lone surrogate would have to be put into a URL.
+    #: the key holds a lone surrogate (keys are strings of Unicode scalar values).
     resolve: Callable[[str], Resolution | None]
     _table: KeyTable | None
     _urls: list[str]
@@ -292,6 +292,8 @@ class CompiledMap:
         safe = _SAFE
 
         def resolve_range(key: str) -> Resolution | None:
+            if not key.isascii():
+                _check_key(key)
             target = targets[bisect_right(bounds, key)]
             if target is None:
                 return None
@@ -304,7 +306,10 @@ class CompiledMap:
             return resolve_range
 
         def resolve(key: str) -> Resolution | None:
-            i = find(key)
+            try:
+                i = find(key)
+            except UnicodeEncodeError:
+                raise _invalid_key(key) from None
             if i >= 0:
                 meta = table[i + 1]
                 code = meta & _CODE_MASK
@@ -325,9 +330,16 @@ class CompiledMap:
         return resolve
 
     def resolve_many(self, keys: Iterable[str]) -> list[Resolution | None]:
-        """``[self.resolve(k) for k in keys]``, computed in bulk (vectorised probing)."""
+        """``[self.resolve(k) for k in keys]``, computed in bulk (vectorised probing).
+
+        Raises :class:`~kvmap.InvalidKeyError` if any key holds a lone surrogate.
+        """
+        keys = keys if isinstance(keys, list) else list(keys)
+        if not "".join(keys).isascii():
+            for key in keys:
+                _check_key(key)
         with paused_gc():
-            return self._resolve_many(keys if isinstance(keys, list) else list(keys))
+            return self._resolve_many(keys)
 
     def _resolve_many(self, keys: list[str]) -> list[Resolution | None]:
         # Results are placed by numpy scatter into one object array.
@@ -446,13 +458,14 @@ class CompiledMap:
 
     def explain(self, key: str) -> Explanation:
         """Every entry covering ``key`` in precedence order (winner first), and the resolution."""
+        resolution = self.resolve(key)  # first: it rejects invalid keys
         covering = [i for i, rng in self._ranges if rng.contains(key)]
         covering += self._shadowed.get(key, [])
         if self._table is not None:
             i = self._table.find(key)
             if i >= 0:
                 covering.append(self._table.table[i + 1] >> 32)
-        return Explanation(key, tuple(sorted(covering, reverse=True)), self.resolve(key))
+        return Explanation(key, tuple(sorted(covering, reverse=True)), resolution)
 
     def __repr__(self) -> str:
         exact = len(self._table) if self._table is not None else 0
@@ -511,6 +524,18 @@ def _sweep(
         else:
             targets.append((w, absolute(entry.path), entry.strip))
     return bounds, winners, targets
+
+
+def _invalid_key(key: str) -> InvalidKeyError:
+    return InvalidKeyError(f"key {key!r} holds a lone surrogate: keys are strings of Unicode scalar values")
+
+
+def _check_key(key: str) -> None:
+    """Raise :class:`InvalidKeyError` unless ``key`` can be written as UTF-8."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _invalid_key(key) from None
 
 
 def _contiguous(strings: list[str]) -> list[str]:

@@ -131,10 +131,12 @@ class KeyTable:
         return self._n
 
     def find(self, key: str) -> int:
-        """The index of ``key``'s slot in :attr:`table` (a multiple of 4), or -1."""
+        """The index of ``key``'s slot in :attr:`table` (a multiple of 4), or -1.
+
+        Raises ``UnicodeEncodeError`` if ``key`` holds a lone surrogate.
+        """
         h = hash(key)
-        # surrogatepass: a key with a lone surrogate gets bytes no stored key has.
-        k = key.encode("utf-8", "surrogatepass")
+        k = key.encode("utf-8")  # UnicodeEncodeError for a lone surrogate
         i = (h % self.cap) * _WIDTH
         want = len(k) << _TAG_BITS | _tag(h)
         table, buf = self.table, self.buf
@@ -154,7 +156,7 @@ class KeyTable:
             query = joined.encode("ascii")
             lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
         else:
-            encoded = [k.encode("utf-8", "surrogatepass") for k in keys]
+            encoded = [k.encode("utf-8") for k in keys]  # UnicodeEncodeError for a lone surrogate
             query = b"".join(encoded)
             lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
         del joined

@@ -117,3 +117,21 @@ def test_unhashable_path_in_a_large_manifest_is_a_manifest_error() -> None:
     with pytest.raises(kvmap.ManifestError) as info:
         kvmap.Manifest.loads(doc)
     assert (info.value.entry, info.value.field) == (1, "path")
+
+
+def test_a_key_with_a_lone_surrogate_is_rejected_wherever_it_would_resolve() -> None:
+    # It used to resolve "absent" unless a URL had to be built from it.
+    maps = [
+        kvmap.compile([]),
+        kvmap.compile([{"prefix": "a/", "path": "s3://b/"}]),
+        kvmap.compile([{"key": "x", "path": "s3://b/x"}]),
+        kvmap.compile([{"key": "x", "path": "s3://b/x"}, {"prefix": "a/", "path": None}]),
+    ]
+    for cm in maps:
+        for bad in ("a/\udcff", "\ud800", "x\udfff"):
+            with pytest.raises(kvmap.InvalidKeyError):
+                cm.resolve(bad)
+            with pytest.raises(kvmap.InvalidKeyError):
+                cm.resolve_many(["x", bad])
+            with pytest.raises(kvmap.InvalidKeyError):
+                cm.explain(bad)
