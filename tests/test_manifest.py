@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -135,9 +136,30 @@ def test_fast_validation_agrees_with_the_definition(
         expected: tuple[Any, ...] | None = None
     except kvmap.ManifestError as exc:
         expected = (exc.entry, exc.field, exc.reason)
-    try:
-        kvmap.Manifest.from_json(raw, url=url)
-        actual: tuple[Any, ...] | None = None
-    except kvmap.ManifestError as exc:
-        actual = (exc.entry, exc.field, exc.reason)
-    assert actual == expected
+    for build in (
+        lambda: kvmap.Manifest.from_json(raw, url=url),
+        lambda: kvmap.Manifest.loads(json.dumps(raw), url=url),
+    ):
+        try:
+            build()
+            actual: tuple[Any, ...] | None = None
+        except kvmap.ManifestError as exc:
+            actual = (exc.entry, exc.field, exc.reason)
+        assert actual == expected
+
+
+@given(st.lists(st.fixed_dictionaries(
+    {"key": st.text(max_size=3), "path": st.sampled_from([None, "s3://b/k", "rel/x"])},
+    optional={"offset": st.integers(0, 2**53 - 1), "length": st.integers(0, 2**53 - 1)},
+), max_size=12))  # fmt: skip
+def test_typed_and_general_parsing_build_the_same_manifest(raw: list[dict[str, Any]]) -> None:
+    raw = [e for e in raw if e["path"] is not None or not ({"offset", "length"} & e.keys())]
+    text = json.dumps({"kvmap": 1, "entries": raw})
+    typed = kvmap.Manifest.loads(text, url="s3://b/m.json")
+    general = kvmap.Manifest.from_json(json.loads(text), url="s3://b/m.json")
+    assert typed == general
+    assert typed.to_json() == general.to_json() == {"kvmap": 1, "entries": raw}
+    assert json.loads(typed.dumps()) == json.loads(general.dumps())  # member order may differ
+    assert list(typed.entries) == list(general.entries)
+    keys = [e["key"] for e in raw] + ["zz"]
+    assert kvmap.compile(typed).resolve_many(keys) == kvmap.compile(general).resolve_many(keys)
