@@ -349,11 +349,10 @@ def _validate_entries(
         rest = () if len(exact.index) == len(raw) else sorted(set(range(len(raw))) - set(exact.index))
         try:
             others = [(i, Entry.from_json(raw[i], i, name)) for i in rest]
-            if url is None and any(e.path is not None and _root_is_relative(e.path) for _, e in others):
-                raise _relative_path_error(name, -1)
         except ManifestError:
-            pass  # the entry-by-entry pass reports the lowest bad index, which may be a fast one
-        else:
+            others = None  # the entry-by-entry pass reports the lowest bad index, which may be a fast one
+        relative = url is None and any(e.path is not None and _root_is_relative(e.path) for _, e in others or ())
+        if others is not None and not relative:
             return exact, others
     # The column checks are conservative (a str subclass, say, is "suspect"): the
     # definition decides, and what it accepts is kept as Entry objects.
@@ -368,8 +367,8 @@ def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
         return None
     rows: list[dict[str, Any]] = raw
     index: Sequence[int] = range(len(raw))
-    offsets: list[Any] | None
-    lengths: list[Any] | None
+    offsets: list[Any]
+    lengths: list[Any]
     try:
         # The bulk shape, every entry exactly {key, path, offset, length}: a KeyError
         # or a member count above 4n sends anything else to the general path.
