@@ -479,7 +479,7 @@ class CompiledMap:
 
 def _nullable(column: npt.NDArray[np.int64]) -> list[int | None]:
     """The column as Python ints, with the -1 sentinel as ``None``."""
-    if column.size == 0 or column.min() >= 0:
+    if column.size == 0 or int(np.min(column)) >= 0:
         values: list[int | None] = column.tolist()
         return values
     objects = column.astype(object)

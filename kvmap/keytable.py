@@ -105,7 +105,7 @@ class KeyTable:
         del joined
         if len(self.buf) >= _MAX_BUFFER:
             raise ValueError("the keys are too long in total for one key table")
-        if n and int(lengths.max()) > MAX_KEY_LENGTH:
+        if n and int(np.max(lengths)) > MAX_KEY_LENGTH:
             raise KeyTooLongError(int(np.argmax(lengths > MAX_KEY_LENGTH)))
         self._words = _word_view(self.buf)
         starts = np.zeros(n, dtype=np.int64)
@@ -124,7 +124,7 @@ class KeyTable:
         for j in range(3):
             array[at + 1 + j] = rows[:, j]
         self._array = array
-        self.table = memoryview(array)  # type: ignore[arg-type]  # numpy arrays are buffers
+        self.table = array.data  # a memoryview: indexing it gives Python ints
         return self
 
     def __len__(self) -> int:

@@ -439,7 +439,7 @@ def _window_array(values: list[Any], typed: bool = False) -> npt.NDArray[np.int6
         array = np.array(values, dtype=np.int64)
     except OverflowError:
         return None
-    if not typed and msgspec.UnsetType not in types and array.size and (array.min() < 0 or array.max() > MAX_INT):
+    if not typed and msgspec.UnsetType not in types and array.size and (np.min(array) < 0 or np.max(array) > MAX_INT):
         return None
     return array
 
