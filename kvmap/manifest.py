@@ -302,7 +302,9 @@ def _decode_bulk(text: str | bytes) -> list[_BulkEntry] | None:
             return _BULK_ARRAY.decode(text)
         if head in ("{", b"{"):
             return _BULK_OBJECT.decode(text).entries
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        # Includes UnicodeDecodeError (invalid UTF-8 in a member name): the
+        # general path says what is wrong with such a document.
         pass
     return None
 

@@ -135,3 +135,11 @@ def test_a_key_with_a_lone_surrogate_is_rejected_wherever_it_would_resolve() -> 
                 cm.resolve_many(["x", bad])
             with pytest.raises(kvmap.InvalidKeyError):
                 cm.explain(bad)
+
+
+def test_invalid_utf8_in_a_member_name_is_a_manifest_error() -> None:
+    # Found by fuzz/fuzz_manifest.py: the typed decoder raised UnicodeDecodeError past the fallback.
+    for doc in (b'{"kvmap": 1, "entries": [{"pr\xb5efix": "c/", "path": "s3://b/"}]}', b'[{"key\xff": "a"}]'):
+        with pytest.raises(kvmap.ManifestError) as info:
+            kvmap.Manifest.loads(doc)
+        assert "not valid JSON" in info.value.reason
