@@ -270,11 +270,12 @@ class CompiledMap:
                     losers.add(prev)
                 latest[keys[pos]] = pos
         if self._ranges:
-            latest_range = max(i for i, _ in self._ranges)
-            bounds, winners = self._bounds, self._winners
-            for pos in np.flatnonzero(index < latest_range).tolist():
-                if pos not in losers and winners[bisect_right(bounds, keys[pos])] > index[pos]:
-                    losers.add(pos)
+            # Only an exact entry older than some range entry can be shadowed by one.
+            candidates = np.flatnonzero(index < max(i for i, _ in self._ranges))
+            if candidates.size:
+                searched = map(keys.__getitem__, candidates.tolist())
+                position = np.fromiter(map(bisect_right, repeat(self._bounds), searched), np.int64, candidates.size)
+                losers.update(candidates[np.asarray(self._winners)[position] > index[candidates]].tolist())
         if not losers:
             return None
         for pos in losers:
