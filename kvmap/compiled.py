@@ -161,6 +161,12 @@ class CompiledMap:
     def __init__(self) -> None:
         raise TypeError("use kvmap.compile(manifest)")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(
+            "a CompiledMap is valid only in the process that built it (it uses the process's string hash); "
+            "pickle its Manifest and compile that where it is needed"
+        )
+
     @classmethod
     def _build(cls, manifest: Manifest) -> CompiledMap:
         if len(manifest) >= _INLINE:  # entry indices share an int64 word with a 32-bit code

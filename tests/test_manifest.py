@@ -163,3 +163,16 @@ def test_typed_and_general_parsing_build_the_same_manifest(raw: list[dict[str, A
     assert list(typed.entries) == list(general.entries)
     keys = [e["key"] for e in raw] + ["zz"]
     assert kvmap.compile(typed).resolve_many(keys) == kvmap.compile(general).resolve_many(keys)
+
+
+def test_manifests_pickle_and_compiled_maps_say_why_they_do_not() -> None:
+    bulk = kvmap.Manifest.loads(b'[{"key": "a", "path": "s3://b/a", "offset": 1}]', url="s3://b/m.json")
+    general = kvmap.Manifest.from_json([{"prefix": "p/", "path": "x/"}, {"key": "z", "json": [1]}], url="s3://b/m")
+    for m in (bulk, general):
+        again = pickle.loads(pickle.dumps(m))
+        assert again == m
+        assert again.url == m.url
+        keys = ["a", "p/q", "z", "zz"]
+        assert kvmap.compile(again).resolve_many(keys) == kvmap.compile(m).resolve_many(keys)
+    with pytest.raises(TypeError, match="pickle its Manifest"):
+        pickle.dumps(kvmap.compile(bulk))
