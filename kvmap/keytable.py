@@ -2,7 +2,7 @@
 
 Why not a ``dict``: at a million keys a ``dict[str, int]`` costs ~140 bytes per
 key (the str objects, the table, one int object per value) before any payload.
-Here all keys live in one string buffer and every slot is four int64 words in one
+Here all keys live in one UTF-8 byte buffer and every slot is four int64 words in one
 flat array, which is ~60-90 bytes per key *including* the payload, and a lookup
 touches about as many cache lines as a ``dict`` lookup does.
 
@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAX_KEY_LENGTH", "KeyTable"]
+__all__ = ["MAX_KEY_LENGTH", "KeyTable", "KeyTooLongError"]
 
 _WIDTH = 4
 _TAG_BITS = 8

@@ -143,3 +143,14 @@ def test_invalid_utf8_in_a_member_name_is_a_manifest_error() -> None:
         with pytest.raises(kvmap.ManifestError) as info:
             kvmap.Manifest.loads(doc)
         assert "not valid JSON" in info.value.reason
+
+
+def test_exact_keys_longer_than_the_table_keeps_are_manifest_errors() -> None:
+    # Spec section 9: a limit of this implementation, reported rather than misbehaving.
+    from kvmap.keytable import MAX_KEY_LENGTH
+
+    ok = "é" * (MAX_KEY_LENGTH // 2)  # two UTF-8 bytes each: at the limit, rounded down
+    assert kvmap.compile([{"key": ok, "path": "s3://b/x"}]).resolve(ok).url == "s3://b/x"
+    with pytest.raises(kvmap.ManifestError) as info:
+        kvmap.compile([{"key": "a", "path": "s3://b/a"}, {"key": "é" * (MAX_KEY_LENGTH // 2 + 1), "path": None}])
+    assert (info.value.entry, info.value.field) == (1, "key")
