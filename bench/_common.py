@@ -124,11 +124,20 @@ def fresh(keys: Iterable[str]) -> list[str]:
 # -- measuring -------------------------------------------------------------------------
 
 
-def time_call(fn: Callable[[], T]) -> tuple[float, T]:
-    """Seconds ``fn()`` took, and its result (freed by the caller, outside the timing)."""
-    start = perf_counter()
-    result = fn()
-    return perf_counter() - start, result
+def time_call(fn: Callable[[], T], *, gc_enabled: bool = True) -> tuple[float, T]:
+    """Seconds ``fn()`` took, and its result (freed by the caller, outside the timing).
+
+    ``gc_enabled=False`` runs ``fn`` with the cyclic collector off, as kvmap's bulk
+    paths run themselves: the "baseline with gc disabled" rows.
+    """
+    if not gc_enabled:
+        gc.disable()
+    try:
+        start = perf_counter()
+        result = fn()
+        return perf_counter() - start, result
+    finally:
+        gc.enable()
 
 
 def time_loop(fn: Callable[[str], object], keys: Sequence[str]) -> float:
@@ -263,3 +272,22 @@ def parse_args(doc: str, argv: Sequence[str] | None, n_help: str) -> argparse.Na
     parser.add_argument("--repeat", type=int, default=5, help="measurements per side")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
+
+
+RowsFn = Callable[[int, int, int, int], list["Row"]]
+
+
+def run_exact_and_prefix(
+    doc: str, argv: Sequence[str] | None, title: str, exact_rows: RowsFn, prefix_rows: RowsFn, notes: list[str]
+) -> None:
+    """The per-key scripts: a 1e6 exact-key map, then a map of n/10 prefixes, n/10 queries each.
+
+    ``exact_rows(n, count, repeat, seed)`` and ``prefix_rows(pieces, count, repeat, seed)`` measure.
+    """
+    args = parse_args(doc, argv, "exact keys; prefix pieces and queries are n/10")
+    count = pieces = max(1, args.n // 10)
+    rows = exact_rows(args.n, count, args.repeat, args.seed)
+    gc.collect()
+    rows += prefix_rows(pieces, count, args.repeat, args.seed)
+    params = {"n": args.n, "prefix pieces": pieces, "queries": count, "repeat": args.repeat, "seed": args.seed}
+    print_report(title, "ns/key", rows, params, notes=notes)

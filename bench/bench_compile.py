@@ -53,12 +53,7 @@ def trial_sort(text: bytes, *, gc_enabled: bool) -> float:
     values = manifest.to_json()["entries"]
     keys = [e["key"] for e in values]
     gc.collect()
-    if not gc_enabled:
-        gc.disable()
-    try:
-        seconds, result = time_call(lambda: sort_and_split(keys, values))
-    finally:
-        gc.enable()
+    seconds, result = time_call(lambda: sort_and_split(keys, values), gc_enabled=gc_enabled)
     del result
     return seconds * 1e3
 

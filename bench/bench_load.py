@@ -56,12 +56,7 @@ def trial_kvmap(path: str, key: str, expected: tuple[str, int, int]) -> float:
 
 
 def trial_fsspec(path: str, key: str, expected: tuple[str, int, int], remote: Any, *, gc_enabled: bool) -> float:
-    if not gc_enabled:
-        gc.disable()
-    try:
-        seconds, fs = time_call(lambda: reference_fs(path, remote))
-    finally:
-        gc.enable()
+    seconds, fs = time_call(lambda: reference_fs(path, remote), gc_enabled=gc_enabled)
     if tuple(fs.references[key]) != expected:
         raise RuntimeError(f"fsspec has {fs.references[key]} for {key!r}, expected {expected}")
     del fs

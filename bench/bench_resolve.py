@@ -28,10 +28,9 @@ from _common import (
     Row,
     exact_manifest,
     fresh,
-    parse_args,
     prefix_entries,
     prefix_queries,
-    print_report,
+    run_exact_and_prefix,
     run_trials,
     sample,
     time_loop,
@@ -154,17 +153,12 @@ def prefix_rows(pieces: int, count: int, repeat: int, seed: int) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(__doc__, argv, "exact keys; prefix pieces and queries are n/10")
-    count = pieces = max(1, args.n // 10)
-
-    rows = exact_rows(args.n, count, args.repeat, args.seed)
-    gc.collect()
-    rows += prefix_rows(pieces, count, args.repeat, args.seed)
-    print_report(
+    run_exact_and_prefix(
+        __doc__,
+        argv,
         "resolve: one key at a time",
-        "ns/key",
-        rows,
-        {"n": args.n, "prefix pieces": pieces, "queries": count, "repeat": args.repeat, "seed": args.seed},
+        exact_rows,
+        prefix_rows,
         notes=[
             "kvmap returns a new Resolution per key; the dict returns a tuple it already holds",
             "prefix queries: 90% inside a prefix, 10% in the gaps between prefixes",

@@ -21,10 +21,9 @@ from _common import (
     exact_manifest,
     fresh,
     manifest_keys,
-    parse_args,
     prefix_entries,
     prefix_queries,
-    print_report,
+    run_exact_and_prefix,
     run_trials,
     sample,
     time_call,
@@ -43,12 +42,7 @@ def ns_per_key_many(compiled: kvmap.CompiledMap, keys: list[str]) -> float:
 
 def ns_per_key_loop(compiled: kvmap.CompiledMap, keys: list[str], *, gc_enabled: bool) -> float:
     resolve = compiled.resolve
-    if not gc_enabled:
-        gc.disable()
-    try:
-        seconds, resolved = time_call(lambda: [resolve(k) for k in keys])
-    finally:
-        gc.enable()
+    seconds, resolved = time_call(lambda: [resolve(k) for k in keys], gc_enabled=gc_enabled)
     del resolved
     return seconds / len(keys) * 1e9
 
@@ -90,17 +84,12 @@ def prefix_rows(pieces: int, count: int, repeat: int, seed: int) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(__doc__, argv, "exact keys; prefix pieces and queries are n/10")
-    count = pieces = max(1, args.n // 10)
-
-    rows = exact_rows(args.n, count, args.repeat, args.seed)
-    gc.collect()
-    rows += prefix_rows(pieces, count, args.repeat, args.seed)
-    print_report(
+    run_exact_and_prefix(
+        __doc__,
+        argv,
         "resolve_many: bulk vs one key at a time",
-        "ns/key",
-        rows,
-        {"n": args.n, "prefix pieces": pieces, "queries": count, "repeat": args.repeat, "seed": args.seed},
+        exact_rows,
+        prefix_rows,
         notes=[
             "resolve_many pauses the cyclic gc itself",
             "prefix queries: 90% inside a prefix, 10% in the gaps between prefixes",
