@@ -46,7 +46,6 @@ from kvmap.url import REMAINDER_SAFE, encode_remainder, resolve_target
 
 __all__ = ["CompiledMap", "Explanation", "Piece", "Resolution", "compile"]
 
-_SAFE = "".join(sorted(REMAINDER_SAFE))
 # Exact-key payload word 1 is ``entry << 32 | code``: code 0 is a whiteout,
 # 1 .. _INLINE-1 is 1 + an index into the URL list, _INLINE + i is inline data i.
 _INLINE = 1 << 31
@@ -296,7 +295,7 @@ class CompiledMap:
         bounds, targets, urls, inline = self._bounds, self._targets, self._urls, self._inline
         find = self._table.find if self._table is not None else None
         table = self._table.table if self._table is not None else None
-        safe = _SAFE
+        safe = REMAINDER_SAFE
 
         def resolve_range(key: str) -> Resolution | None:
             if not key.isascii():
@@ -305,7 +304,7 @@ class CompiledMap:
             if target is None:
                 return None
             rest = key[target[2] :]
-            if rest.strip(safe):
+            if rest.strip(safe):  # encode_remainder's own test, inlined: most keys skip the call
                 rest = encode_remainder(rest)
             return _new(Resolution, (target[0], target[1] + rest, None, None, None))
 
@@ -342,31 +341,32 @@ class CompiledMap:
         Raises :class:`~kvmap.InvalidKeyError` if any key holds a lone surrogate.
         """
         keys = keys if isinstance(keys, list) else list(keys)
-        if not "".join(keys).isascii():
+        joined = "".join(keys)  # one join serves the checks below and the table's encoding
+        if not joined.isascii():
             for key in keys:
                 _check_key(key)
         with paused_gc():
-            return self._resolve_many(keys)
+            return self._resolve_many(keys, joined)
 
-    def _resolve_many(self, keys: list[str]) -> list[Resolution | None]:
+    def _resolve_many(self, keys: list[str], joined: str) -> list[Resolution | None]:
         # Results are placed by numpy scatter into one object array.
         out = np.full(len(keys), None, dtype=object)
-        rest = np.arange(len(keys)) if self._table is None else self._resolve_exact_many(keys, out)
+        rest = np.arange(len(keys)) if self._table is None else self._resolve_exact_many(keys, joined, out)
         if self._bounds and rest.size:
-            self._resolve_ranges_many(keys, rest, out)
+            self._resolve_ranges_many(keys, rest, joined if rest.size == len(keys) else None, out)
         results: list[Resolution | None] = out.tolist()
         return results
 
-    def _resolve_exact_many(self, keys: list[str], out: npt.NDArray[np.object_]) -> npt.NDArray[np.intp]:
+    def _resolve_exact_many(self, keys: list[str], joined: str, out: npt.NDArray[np.object_]) -> npt.NDArray[np.intp]:
         """Place the resolutions of keys in the exact-key table; return the positions of the others."""
         assert self._table is not None
-        slots = self._table.find_many(keys)
+        slots = self._table.find_many(keys, joined)
         array = self._table._array
         hit = np.flatnonzero(slots >= 0)
-        code = array[slots[hit] + 1] & _CODE_MASK
-        hit = hit[code != 0]  # whiteouts stay None
+        meta = array[slots[hit] + 1]
+        live = (meta & _CODE_MASK) != 0  # whiteouts stay None
+        hit, meta = hit[live], meta[live]
         at = slots[hit]
-        meta = array[at + 1]
         code = meta & _CODE_MASK
         # Columns of Python objects, built in numpy, zipped into tuples in C.
         url = np.array([*self._urls, None], dtype=object)[np.where(code < _INLINE, code, len(self._urls))]
@@ -381,13 +381,19 @@ class CompiledMap:
         out[hit] = np.fromiter(map(partial(_new, Resolution), columns), dtype=object, count=hit.size)
         return np.flatnonzero(slots < 0)
 
-    def _resolve_ranges_many(self, keys: list[str], which: npt.NDArray[np.intp], out: npt.NDArray[np.object_]) -> None:
-        """Place the resolutions of ``keys[k]`` for ``k`` in ``which`` from the range pieces."""
+    def _resolve_ranges_many(
+        self, keys: list[str], which: npt.NDArray[np.intp], joined: str | None, out: npt.NDArray[np.object_]
+    ) -> None:
+        """Place the resolutions of ``keys[k]`` for ``k`` in ``which`` from the range pieces.
+
+        ``joined`` may pass ``"".join`` of exactly those keys, if the caller has it.
+        """
         pieces = self._piece_columns()
         searched = [keys[k] for k in which.tolist()]
-        joined = "".join(searched)
+        if joined is None:
+            joined = "".join(searched)
         # Made only of unescaped characters (so no NUL either): the common case.
-        plain = not joined.strip(_SAFE)
+        plain = not joined.strip(REMAINDER_SAFE)
         order, position, needles = self._range_positions(searched, plain or "\0" not in joined)
         found = np.flatnonzero(pieces.entry[position] >= 0)
         at = position[found]
@@ -398,8 +404,8 @@ class CompiledMap:
         else:
             chosen = [searched[i] for i in order[found].tolist()]
             tails = list(map(getitem, chosen, map(slice, pieces.strip[at].tolist(), _NONES)))
-        if not plain and "".join(tails).strip(_SAFE):  # some remainder needs escaping
-            tails = [t if not t.strip(_SAFE) else encode_remainder(t) for t in tails]
+        if not plain:
+            tails = list(map(encode_remainder, tails))
         urls = map(add, pieces.prefix[at].tolist(), tails)
         columns = zip(pieces.entry[at].tolist(), urls, _NONES, _NONES, _NONES, strict=False)
         out[rows] = np.fromiter(map(partial(_new, Resolution), columns), dtype=object, count=rows.size)

@@ -61,6 +61,18 @@ class KeyTooLongError(ValueError):
         self.position = position
 
 
+def _utf8(keys: Sequence[str], joined: str) -> tuple[bytes, npt.NDArray[np.int64]]:
+    """The keys' UTF-8 bytes, concatenated and padded with 8 zero bytes, and each key's byte length.
+
+    ``joined`` is ``"".join(keys)``: when it is ASCII, one encode serves all keys.
+    Raises ``UnicodeEncodeError`` if a key holds a lone surrogate.
+    """
+    if joined.isascii():
+        return joined.encode("ascii") + _PAD, np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    encoded = [k.encode("utf-8") for k in keys]
+    return b"".join(encoded) + _PAD, np.fromiter(map(len, encoded), dtype=np.int64, count=len(keys))
+
+
 def _tag(h: int) -> int:
     return (h >> 40) & 0xFF
 
@@ -93,16 +105,8 @@ class KeyTable:
         self = object.__new__(cls)
         self._n = n
         self.cap = cap = max(8, 2 * n + 1)
-        joined = "".join(keys)
         # The 8 trailing zero bytes let the word view read a full word at every key.
-        if joined.isascii():
-            self.buf = joined.encode("ascii") + _PAD
-            lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
-        else:
-            encoded = [k.encode("utf-8") for k in keys]
-            self.buf = b"".join(encoded) + _PAD
-            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
-        del joined
+        self.buf, lengths = _utf8(keys, "".join(keys))
         if len(self.buf) >= _MAX_BUFFER:
             raise ValueError("the keys are too long in total for one key table")
         if n and int(np.max(lengths)) > MAX_KEY_LENGTH:
@@ -148,19 +152,15 @@ class KeyTable:
                 return i
             i += _WIDTH
 
-    def find_many(self, keys: Sequence[str]) -> npt.NDArray[np.int64]:
-        """:meth:`find` for each key, vectorised: probes and byte comparisons run in numpy."""
+    def find_many(self, keys: Sequence[str], joined: str | None = None) -> npt.NDArray[np.int64]:
+        """:meth:`find` for each key, vectorised: probes and byte comparisons run in numpy.
+
+        ``joined`` may pass ``"".join(keys)`` if the caller has it. Raises
+        ``UnicodeEncodeError`` if a key holds a lone surrogate.
+        """
         n = len(keys)
-        joined = "".join(keys)
-        if joined.isascii():
-            query = joined.encode("ascii")
-            lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
-        else:
-            encoded = [k.encode("utf-8") for k in keys]  # UnicodeEncodeError for a lone surrogate
-            query = b"".join(encoded)
-            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
-        del joined
-        qbytes = _word_view(query + _PAD)
+        query, lengths = _utf8(keys, "".join(keys) if joined is None else joined)
+        qbytes = _word_view(query)
         qstarts = np.zeros(n, dtype=np.int64)
         np.cumsum(lengths[:-1], out=qstarts[1:])
         hashes = np.fromiter(map(hash, keys), dtype=np.int64, count=n)
