@@ -39,7 +39,7 @@ def _describe_target(r: Resolution) -> str:
 
 def _describe_entry(entry: Entry) -> str:
     if entry.selector == "key":
-        selector = f"key {entry.range.min!r}"
+        selector = f"key {entry.key!r}"
     elif entry.selector == "prefix":
         selector = f"prefix {entry.range.min!r} (strip {entry.strip})"
     else:

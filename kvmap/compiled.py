@@ -212,7 +212,7 @@ class CompiledMap:
             keys = list(keys)
             extra_codes, extra_off, extra_len = [], [], []
             for _i, e in others:
-                keys.append(e.range.min)
+                keys.append(e.key)
                 if e.target == "path":
                     assert e.path is not None
                     extra_codes.append(url_code.setdefault(absolute(e.path), len(url_code) + 1))

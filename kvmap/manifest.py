@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter, itemgetter
@@ -203,9 +203,6 @@ class Manifest:
     def entries(self) -> Sequence[Entry]:
         """The entries, in document (= precedence) order."""
         return _EntriesView(self)
-
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(self.entries)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
