@@ -11,24 +11,51 @@ b'{"zarr_format":3,"node_type":"group"}'
 True
 """
 
+from kvmap.chain import Hop, Location
 from kvmap.compiled import CompiledMap, Explanation, Piece, Resolution, compile
 from kvmap.entries import Entry
-from kvmap.errors import InvalidKeyError, KvmapError, ManifestError
+from kvmap.errors import (
+    ChainError,
+    InvalidKeyError,
+    KvmapError,
+    ManifestError,
+    PipelineError,
+    PolicyError,
+    ResolveError,
+    TargetError,
+)
 from kvmap.keyrange import KeyRange
 from kvmap.manifest import Manifest
+from kvmap.pipeline import Adapter, Pipeline
+from kvmap.policy import Policy
+from kvmap.reader import Explained, Reader
+from kvmap.roots import memory_store
 
 __all__ = [
+    "Adapter",
+    "ChainError",
     "CompiledMap",
     "Entry",
+    "Explained",
     "Explanation",
+    "Hop",
     "InvalidKeyError",
     "KeyRange",
     "KvmapError",
+    "Location",
     "Manifest",
     "ManifestError",
     "Piece",
+    "Pipeline",
+    "PipelineError",
+    "Policy",
+    "PolicyError",
+    "Reader",
     "Resolution",
+    "ResolveError",
+    "TargetError",
     "compile",
+    "memory_store",
 ]
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The ``kvmap`` command line: resolve, explain and validate manifests.
+"""The ``kvmap`` command line: resolve, explain, validate and cat.
 
 Exit status: 0 on success, 1 when the input is bad (an invalid manifest, a file
 that cannot be read, a key that cannot be resolved), 2 for a usage error. Errors
@@ -13,10 +13,13 @@ import json
 import sys
 from collections.abc import Sequence
 
+from kvmap.chain import ByteRange, Location
 from kvmap.compiled import CompiledMap, Resolution, compile
 from kvmap.entries import Entry
 from kvmap.errors import KvmapError
 from kvmap.manifest import Manifest
+from kvmap.reader import Reader
+from kvmap.url import is_absolute
 
 __all__ = ["main"]
 
@@ -80,17 +83,78 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    manifest, cm = _load(args.manifest)
-    ex = cm.explain(args.key)
-    print(f"key {args.key!r} in {args.manifest}")
-    if not ex.entries:
-        print("  no entry covers it")
-    for rank, index in enumerate(ex.entries):
-        note = "wins" if rank == 0 else "shadowed"
-        print(f"  entry {index:<6} {note:<8} {_describe_entry(manifest.entries[index])}")
-    result = "absent" if ex.resolution is None else _describe_target(ex.resolution)
-    print(f"resolves to: {result}")
+    if not is_absolute(args.manifest):
+        manifest, cm = _load(args.manifest)
+        ex = cm.explain(args.key)
+        print(f"key {args.key!r} in {args.manifest}")
+        if not ex.entries:
+            print("  no entry covers it")
+        for rank, index in enumerate(ex.entries):
+            note = "wins" if rank == 0 else "shadowed"
+            print(f"  entry {index:<6} {note:<8} {_describe_entry(manifest.entries[index])}")
+    walked = _reader(args).explain_sync(args.key)
+    print("chain:")
+    for step, hop in enumerate(walked.hops, 1):
+        print(f"  {step}. {hop}")
+    print(f"resolves to: {_describe_location(walked.location)}")
     return 0
+
+
+def _describe_location(loc: Location | None) -> str:
+    if loc is None:
+        return "absent"
+    if loc.data is not None:
+        return f"<inline, {len(loc.data)} bytes>"
+    length = "to the end" if loc.length is None else f"length {loc.length}"
+    return f"{loc.url} [offset {loc.offset}, {length}]"
+
+
+def _cmd_cat(args: argparse.Namespace) -> int:
+    data = _reader(args).get_sync(args.key, args.range)
+    if data is None:
+        print(f"kvmap: key {args.key!r} does not exist in {args.manifest}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(bytes(data))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _reader(args: argparse.Namespace) -> Reader:
+    return Reader(args.manifest, allow=args.allow, allow_all=args.allow_all)
+
+
+def _byte_range(text: str) -> ByteRange:
+    """``START-END`` (END exclusive), ``START-`` or ``-N`` (the last N bytes)."""
+    start, dash, end = text.partition("-")
+    try:
+        if not dash or (not start and not end):
+            raise ValueError
+        if not start:
+            return (None, int(end))
+        first = int(start)
+        if not end:
+            return (first, None)
+        last = int(end)
+        if first < 0 or last < first:
+            raise ValueError
+        return (first, last)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START-END, START- or -N") from None
+
+
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="also let manifests reach URLs under this /-terminated prefix (repeatable)",
+    )
+    p.add_argument(
+        "--allow-all",
+        action="store_true",
+        help="trust the manifests: let them reach any URL (file:// from a remote manifest still needs --allow)",
+    )
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -107,10 +171,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="+", metavar="KEY")
     p.add_argument("--json", action="store_true", help="one JSON object per key (JSON Lines)")
     p.set_defaults(run=_cmd_resolve)
-    p = sub.add_parser("explain", help="show every entry covering a key, winner first")
-    p.add_argument("manifest", help="manifest file")
+    p = sub.add_parser("explain", help="show the entries covering a key and its whole chain of manifests")
+    p.add_argument("manifest", help="manifest file, URL or pipeline")
     p.add_argument("key")
+    _add_policy(p)
     p.set_defaults(run=_cmd_explain)
+    p = sub.add_parser("cat", help="write a key's bytes to standard output")
+    p.add_argument("manifest", metavar="TARGET", help="manifest file, URL or pipeline")
+    p.add_argument("key")
+    p.add_argument("--range", type=_byte_range, metavar="START-END", help="bytes START to END (exclusive), START-, -N")
+    _add_policy(p)
+    p.set_defaults(run=_cmd_cat)
     p = sub.add_parser("validate", help="check a manifest against the specification")
     p.add_argument("manifest", help="manifest file")
     p.set_defaults(run=_cmd_validate)

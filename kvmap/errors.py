@@ -7,7 +7,16 @@ index and the field, so that a person can go straight to the offending line.
 
 from __future__ import annotations
 
-__all__ = ["InvalidKeyError", "KvmapError", "ManifestError"]
+__all__ = [
+    "ChainError",
+    "InvalidKeyError",
+    "KvmapError",
+    "ManifestError",
+    "PipelineError",
+    "PolicyError",
+    "ResolveError",
+    "TargetError",
+]
 
 
 class KvmapError(Exception):
@@ -57,3 +66,63 @@ def _rebuild_manifest_error(reason: str, manifest: str | None, entry: int | None
 
 class InvalidKeyError(KvmapError, ValueError):
     """A key cannot be turned into a target URL (it holds a lone surrogate)."""
+
+
+class PipelineError(KvmapError, ValueError):
+    """A URL pipeline is malformed or names an adapter kvmap does not know."""
+
+
+class ResolveError(KvmapError):
+    """Following a key to its bytes failed. Says where: the key, the manifest and
+    entry that sent kvmap there (``None`` for the caller's own target) and the URL.
+
+    Subclasses tell why; every one is raised, never turned into "absent".
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        key: str | None = None,
+        manifest: str | None = None,
+        entry: int | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.key = key
+        self.manifest = manifest
+        self.entry = entry
+        self.url = url
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.key is not None:
+            where.append(f"key {self.key!r}")
+        if self.manifest is not None:
+            where.append(self.manifest if self.entry is None else f"{self.manifest} entry {self.entry}")
+        if self.url is not None:
+            where.append(self.url)
+        return f"{' -> '.join(where)}: {self.reason}" if where else self.reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_resolve_error, (type(self), self.reason, self.key, self.manifest, self.entry, self.url))
+
+
+def _rebuild_resolve_error(
+    cls: type[ResolveError], reason: str, key: str | None, manifest: str | None, entry: int | None, url: str | None
+) -> ResolveError:
+    return cls(reason, key=key, manifest=manifest, entry=entry, url=url)
+
+
+class TargetError(ResolveError):
+    """Reading a target failed: permission, network, server error, timeout, or an
+    object shorter than its entry's byte window."""
+
+
+class PolicyError(ResolveError, PermissionError):
+    """A manifest points at a URL that the caller's security policy does not allow."""
+
+
+class ChainError(ResolveError):
+    """Chained manifests loop back on themselves or nest deeper than the limit."""

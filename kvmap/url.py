@@ -149,12 +149,27 @@ def resolve_target(base: str | None, path: str) -> str:
     """Make a manifest entry's ``path`` absolute.
 
     Only the root of a URL pipeline (the text before the first ``|``) is a
-    reference; the adapters after it are kept verbatim. Raises ``ValueError``
-    when the root is relative and there is no ``base``.
+    reference; the adapters after it are kept verbatim. When the document itself
+    sits inside an adapter (``base`` is a pipeline such as ``file:///a.zip|zip:d/m.json``),
+    a relative reference names a sibling in that adapter's namespace (``c/0`` ->
+    ``file:///a.zip|zip:d/c/0``) and cannot climb out of it; a network-path
+    reference (``//host/x``) resolves against the pipeline's root. Raises
+    ``ValueError`` when the root is relative and there is no ``base``.
+
+    >>> resolve_target("file:///a.zip|zip:d/m.json", "../c/0")
+    'file:///a.zip|zip:c/0'
     """
     root, sep, rest = path.partition(PIPELINE_SEPARATOR)
     if is_absolute(root):
         return path
     if base is None:
         raise ValueError("relative reference, but the manifest has no URL to resolve it against")
-    return join(base, root) + sep + rest
+    head, bar, last = base.rpartition(PIPELINE_SEPARATOR)
+    if not bar:
+        return join(base, root) + sep + rest
+    if root.startswith("//"):
+        return join(base.partition(PIPELINE_SEPARATOR)[0], root) + sep + rest
+    name, _, inner = last.partition(":")
+    # Resolve inside the adapter as if its path hung from the root of a URL.
+    inside = join("x:/" + inner, root)[len("x:/") :]
+    return f"{head}{bar}{name}:{inside}{sep}{rest}"

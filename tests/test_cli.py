@@ -44,9 +44,13 @@ def test_resolve_text(capsys: pytest.CaptureFixture[str]) -> None:
 def test_explain_shows_the_winner_first(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", EXAMPLE, "temperature/c/2024/13/1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines[1:-1]] == ["5", "4", "1"]
+    assert [line.split()[1] for line in lines[1:4]] == ["5", "4", "1"]
     assert "wins" in lines[1]
     assert "whiteout" in lines[1]
+    assert lines[4:6] == [
+        "chain:",
+        f"  1. {Path(EXAMPLE).resolve().as_uri()} ['temperature/c/2024/13/1']: entry 5 -> whiteout (absent)",
+    ]
     assert lines[-1] == "resolves to: absent"
 
 

@@ -1,0 +1,446 @@
+"""Following a key through URL pipelines and chained manifests to its bytes — without I/O.
+
+The walk is written once, as generators that *yield* the reads they need
+(:class:`Read`) and receive the answers: the bytes, ``None`` for an object that
+does not exist, or an exception thrown in. :mod:`kvmap.reader` drives them with
+obstore, synchronously or asynchronously; tests can drive them with anything.
+So there is one implementation of the rules for both, and everything that is
+cached (manifests, zip directories, policy decisions) costs no I/O at all.
+
+The rules, in the order the walk meets them:
+
+* A target is a pipeline ``ROOT|adapter:path|...``. The caller's own target is
+  trusted; a target named by a manifest entry must pass the :class:`Policy`.
+* ``kvmap:`` / ``zarr_chunk_manifest:`` read the resource to their left as a
+  manifest (fetched once, compiled, cached by location) and resolve their path
+  in it; the winning entry's target is followed in turn, and its byte window,
+  if any, is applied to what that target yields.
+* ``zip:`` takes a member of the archive to its left: stored members are byte
+  windows of the archive, deflated members are read and inflated.
+* Absent means absent: no covering entry, a whiteout, or a missing object, member
+  or nested manifest gives ``None``. A missing manifest that the caller named
+  is an error. Every other failure raises.
+* A walk of more than ``max_depth`` manifest hops, or one that comes back to a
+  (manifest, key) it has seen, raises :class:`~kvmap.ChainError` showing the chain.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Generator, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from kvmap.chunkmanifest import chunk_manifest
+from kvmap.compiled import CompiledMap, compile
+from kvmap.errors import ChainError, KvmapError, PipelineError, TargetError
+from kvmap.manifest import Manifest
+from kvmap.pipeline import Adapter, Pipeline
+from kvmap.policy import Policy
+from kvmap.zipindex import TAIL_SIZE, ZipFormatError, ZipIndex, local_header_size
+
+__all__ = ["ByteRange", "Chain", "Hop", "Location", "Read", "Walk"]
+
+#: A byte request: ``(start, end)`` half-open, ``(start, None)`` from ``start`` to
+#: the end, ``(None, n)`` the last ``n`` bytes. ``None`` asks for everything.
+ByteRange = tuple[int, int] | tuple[int, None] | tuple[None, int]
+
+DEFAULT_MAX_DEPTH = 16
+DEFAULT_CACHE_SIZE = 128
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One read the walk needs. The driver answers with bytes (for ``head``: the size as
+    an ``int``), or ``None`` if the object does not exist, or throws the failure in."""
+
+    url: str  # a root URL: no adapters
+    start: int = 0
+    end: int | None = None  # exclusive; None: to the end of the object
+    suffix: int | None = None  # instead of start/end: the last ``suffix`` bytes
+    head: bool = False  # instead of bytes: the object's size
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where bytes are: a window ``[offset, offset+length)`` of the object at root URL
+    ``url`` (``length`` ``None``: to its end), or inline ``data``."""
+
+    url: str | None
+    offset: int = 0
+    length: int | None = None
+    data: bytes | None = None
+
+    def window(self, offset: int | None, length: int | None) -> Location:
+        """The sub-window ``[offset, offset+length)`` of this location.
+
+        Raises ``ValueError`` if it overruns a length this location knows.
+        """
+        offset = offset or 0
+        if self.data is not None:
+            end = len(self.data) if length is None else offset + length
+            if end > len(self.data) or offset > len(self.data):
+                raise ValueError(f"window [{offset}, {end}) overruns {len(self.data)} inline bytes")
+            return Location(None, data=self.data[offset:end])
+        if self.length is not None:
+            if length is None:
+                length = self.length - offset
+            if offset + length > self.length or length < 0:
+                raise ValueError(f"window [{offset}, {offset + length}) overruns the {self.length} bytes it lies in")
+        return Location(self.url, self.offset + offset, length)
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One manifest lookup of a walk: in the manifest at ``manifest``, ``key`` won by
+    ``entry`` (``None``: no entry covers the key), sending kvmap to ``url`` (``None``:
+    inline bytes or absent) with the entry's window."""
+
+    manifest: str
+    key: str
+    entry: int | None
+    url: str | None
+    offset: int | None = None
+    length: int | None = None
+    inline: bool = False
+
+    def __str__(self) -> str:
+        if self.entry is None:
+            return f"{self.manifest} [{self.key!r}]: no entry (absent)"
+        if self.inline:
+            target = "inline bytes"
+        elif self.url is None:
+            target = "whiteout (absent)"
+        else:
+            target = self.url
+            if self.offset is not None or self.length is not None:
+                target += f" [offset {self.offset or 0}, length {'-' if self.length is None else self.length}]"
+        return f"{self.manifest} [{self.key!r}]: entry {self.entry} -> {target}"
+
+
+@dataclass(slots=True)
+class Walk:
+    """The state of one key's walk: its key (for errors) and the hops so far."""
+
+    key: str | None
+    hops: list[Hop] = field(default_factory=list)
+    explain: bool = False  # record the entry of a whiteout too
+
+
+class _Bounded(Generic[K, V]):
+    """A mapping of at most ``size`` items that forgets the oldest first.
+
+    Oldest, not least recently used: a hit stays a plain ``dict.get`` (it is on
+    every key's path), and a manifest evicted while still in use is simply read
+    again once.
+    """
+
+    __slots__ = ("_items", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self._items.pop(key, None)
+        self._items[key] = value
+        if len(self._items) > self.size:
+            del self._items[next(iter(self._items))]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_Walker = Generator[Read, Any, Any]
+
+
+class Chain:
+    """The walk's rules and caches. ``policy`` decides what manifests may reach;
+    ``cache_size`` bounds the manifests (and, separately, zip directories) kept."""
+
+    __slots__ = ("_decisions", "_maps", "_offsets", "_zips", "max_depth", "policy")
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self.policy = policy if policy is not None else Policy()
+        self.max_depth = max_depth
+        self._maps: _Bounded[tuple[Location, str], CompiledMap] = _Bounded(cache_size)
+        self._zips: _Bounded[Location, ZipIndex] = _Bounded(cache_size)
+        self._offsets: _Bounded[tuple[Location, str], int] = _Bounded(cache_size * 64)
+        self._decisions: _Bounded[tuple[str, str], bool] = _Bounded(cache_size * 64)
+
+    # -- the walk ---------------------------------------------------------------------
+
+    def locate(self, target: Pipeline, walk: Walk, suffix: str = "") -> Generator[Read, Any, Location | None]:
+        """Follow the caller's ``target`` (with ``suffix`` appended to its last adapter's
+        path) to a :class:`Location`, or ``None`` if the key is absent."""
+        return self._follow(target, walk, None, suffix)
+
+    def step(self, cm: CompiledMap, doc: str, key: str, walk: Walk) -> Generator[Read, Any, Location | None]:
+        """Resolve ``key`` in the compiled manifest ``cm`` found at ``doc``, and follow it."""
+        res = cm.resolve(key)
+        if res is None:
+            # Only an explanation needs the whiteout's entry: explain() costs more than resolve().
+            hop = Hop(doc, key, cm.explain(key).winner if walk.explain else None, None)
+        else:
+            hop = Hop(doc, key, res.entry, res.url, res.offset, res.length, res.data is not None)
+        self._enter(hop, walk)
+        if res is None:
+            return None
+        if res.data is not None:
+            return Location(None, data=res.data)
+        assert res.url is not None
+        try:
+            pipe = Pipeline.parse(res.url)
+        except PipelineError as exc:
+            raise PipelineError(f"{doc} entry {res.entry}: {exc}") from None
+        loc = yield from self._follow(pipe, walk, doc, "", res.entry)
+        if loc is None or (res.offset is None and res.length is None):
+            return loc
+        try:
+            return loc.window(res.offset, res.length)
+        except ValueError as exc:
+            raise TargetError(str(exc), key=walk.key, manifest=doc, entry=res.entry, url=res.url) from None
+
+    def _follow(
+        self, pipe: Pipeline, walk: Walk, via: str | None, suffix: str, entry: int | None = None
+    ) -> Generator[Read, Any, Location | None]:
+        if via is not None:
+            self._check(pipe.root, via, entry, walk)
+        loc: Location | None = Location(pipe.root)
+        doc = pipe.root
+        last = len(pipe.adapters) - 1
+        for i, adapter in enumerate(pipe.adapters):
+            assert loc is not None
+            path = adapter.path + suffix if i == last else adapter.path
+            if adapter.kind == "zip":
+                loc = yield from self._zip_member(loc, path, walk)
+            else:
+                cm = yield from self._manifest(loc, doc, adapter.name, walk, required=via is None)
+                loc = None if cm is None else (yield from self.step(cm, doc, path, walk))
+            if loc is None:
+                return None
+            if i < last:
+                doc = f"{doc}|{Adapter(adapter.name, path).format()}"
+        return loc
+
+    def _enter(self, hop: Hop, walk: Walk) -> None:
+        for seen in walk.hops:
+            if seen.manifest == hop.manifest and seen.key == hop.key:
+                walk.hops.append(hop)
+                raise ChainError(f"the chain loops:\n  {_render_chain(walk.hops)}", key=walk.key)
+        walk.hops.append(hop)
+        if len(walk.hops) > self.max_depth:
+            raise ChainError(
+                f"the chain is deeper than {self.max_depth} manifests:\n  {_render_chain(walk.hops)}", key=walk.key
+            )
+
+    def _check(self, url: str, manifest: str, entry: int | None, walk: Walk) -> None:
+        decided = (url, manifest)
+        if self._decisions.get(decided):
+            return
+        self.policy.check(url, manifest=manifest, entry=entry, key=walk.key)
+        self._decisions.put(decided, True)
+
+    # -- manifests --------------------------------------------------------------------
+
+    def _manifest(
+        self, loc: Location, doc: str, adapter: str, walk: Walk, *, required: bool
+    ) -> Generator[Read, Any, CompiledMap | None]:
+        kind = "kvmap" if adapter == "kvmap" else "chunk"
+        cached = self._maps.get((loc, kind))
+        if cached is not None:
+            return cached
+        text = yield from self.read_all(loc, walk)
+        if text is None:
+            if required:
+                raise TargetError("manifest not found", key=walk.key, url=doc)
+            return None
+        cached = self._maps.get((loc, kind))  # another walk of a batch may have compiled it meanwhile
+        if cached is not None:
+            return cached
+        if kind == "kvmap":
+            manifest = Manifest.loads(bytes(text), url=doc, name=doc)
+        else:
+            try:
+                document = orjson.loads(bytes(text))
+            except orjson.JSONDecodeError as exc:
+                raise TargetError(f"not a JSON chunk manifest: {exc}", key=walk.key, url=doc) from None
+            manifest = chunk_manifest(document, url=doc)
+        cm = compile(manifest)
+        self._maps.put((loc, kind), cm)
+        return cm
+
+    def forget(self) -> None:
+        """Drop every cached manifest, zip directory and policy decision."""
+        for cache in (self._maps, self._zips, self._offsets, self._decisions):
+            cache._items.clear()
+
+    # -- zip archives -----------------------------------------------------------------
+
+    def _zip_member(self, archive: Location, name: str, walk: Walk) -> Generator[Read, Any, Location | None]:
+        index = self._zips.get(archive)
+        if index is None:
+            index = yield from self._zip_index(archive, walk)
+            if index is None:
+                return None
+            index = self._zips.get(archive) or index  # keep the first, if a batch read it twice
+            self._zips.put(archive, index)
+        member = index.members.get(name)
+        if member is None:
+            return None
+        where = f"{archive.url or '<inline>'}|zip:{name}"
+        if member.encrypted or member.method not in (0, 8):
+            why = "encrypted" if member.encrypted else f"compressed with method {member.method}"
+            raise TargetError(f"zip member is {why}; kvmap reads stored and deflated members", key=walk.key, url=where)
+        start = self._offsets.get((archive, name))
+        if start is None:
+            header = yield from self.read_all(self._window(archive, member.header_offset, 30, where, walk), walk)
+            try:
+                start = member.header_offset + local_header_size(bytes(header or b""))
+            except ZipFormatError as exc:
+                raise TargetError(str(exc), key=walk.key, url=where) from None
+            self._offsets.put((archive, name), start)
+        stored = self._window(archive, start, member.compressed_size, where, walk)
+        if member.method == 0:
+            return stored
+        raw = yield from self.read_all(stored, walk)
+        try:
+            data = zlib.decompressobj(-15).decompress(bytes(raw or b""))
+        except zlib.error as exc:
+            raise TargetError(f"zip member does not inflate: {exc}", key=walk.key, url=where) from None
+        if len(data) != member.size:
+            raise TargetError(f"zip member inflates to {len(data)} bytes, not {member.size}", key=walk.key, url=where)
+        return Location(None, data=data)
+
+    def _zip_index(self, archive: Location, walk: Walk) -> Generator[Read, Any, ZipIndex | None]:
+        size = archive.length
+        if size is None:
+            if archive.data is not None:
+                size = len(archive.data)
+            else:
+                assert archive.url is not None
+                total = yield from self._fetch(Read(archive.url, head=True), walk)
+                if total is None:
+                    return None
+                size = int(total) - archive.offset
+        tail_start = max(0, size - TAIL_SIZE)
+        where = f"{archive.url or '<inline>'} (zip)"
+        tail = yield from self.read_all(self._window(archive, tail_start, size - tail_start, where, walk), walk)
+        if tail is None:
+            return None
+        tail = bytes(tail)
+        try:
+            cd_offset, cd_size = ZipIndex.locate(tail, size)
+            if cd_offset >= tail_start:
+                directory = tail[cd_offset - tail_start : cd_offset - tail_start + cd_size]
+            else:
+                got = yield from self.read_all(self._window(archive, cd_offset, cd_size, where, walk), walk)
+                directory = bytes(got or b"")
+            return ZipIndex.parse(cd_offset, directory)
+        except (ZipFormatError, UnicodeDecodeError) as exc:
+            raise TargetError(f"not a readable zip archive: {exc}", key=walk.key, url=where) from None
+
+    @staticmethod
+    def _window(loc: Location, offset: int, length: int, where: str, walk: Walk) -> Location:
+        try:
+            return loc.window(offset, length)
+        except ValueError as exc:
+            raise TargetError(f"zip archive is damaged: {exc}", key=walk.key, url=where) from None
+
+    # -- reading ----------------------------------------------------------------------
+
+    def read_all(self, loc: Location, walk: Walk) -> Generator[Read, Any, Any]:
+        """All bytes of ``loc`` (``None`` if its object does not exist)."""
+        return self.read(loc, None, walk)
+
+    def read(self, loc: Location, byte_range: ByteRange | None, walk: Walk) -> Generator[Read, Any, Any]:
+        """The bytes of ``byte_range`` within ``loc``, clamped to it as zarr's store contract
+        says (a range past the end gives what there is). ``None`` if the object does not
+        exist. Raises :class:`~kvmap.TargetError` if the object is shorter than ``loc``."""
+        if loc.data is not None:
+            start, end = clamp(byte_range, len(loc.data))
+            return loc.data[start:end]
+        assert loc.url is not None
+        length = loc.length
+        if length is None and byte_range is not None and byte_range[0] is None and loc.offset:
+            # A suffix of an open-ended window: the object's size says where it starts.
+            size = yield from self._fetch(Read(loc.url, head=True), walk)
+            if size is None:
+                return None
+            length = max(0, int(size) - loc.offset)
+        if length is None:
+            read = _open_ended(loc, byte_range)
+        else:
+            start, end = clamp(byte_range, length)
+            read = Read(loc.url, loc.offset + start, loc.offset + end)
+        if read.end is not None and read.end <= read.start:
+            size = yield from self._fetch(Read(loc.url, head=True), walk)
+            return None if size is None else b""
+        data = yield from self._fetch(read, walk)
+        if data is not None and loc.length is not None and read.end is not None and len(data) < read.end - read.start:
+            raise TargetError(
+                f"object is shorter than the window [{loc.offset}, {loc.offset + loc.length}) its entry gives",
+                key=walk.key,
+                **_origin_of(walk),
+                url=loc.url,
+            )
+        return data
+
+    def _fetch(self, read: Read, walk: Walk) -> Generator[Read, Any, Any]:
+        try:
+            return (yield read)
+        except KvmapError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"{type(exc).__name__}: {exc}", key=walk.key, **_origin_of(walk), url=read.url) from exc
+
+
+def clamp(byte_range: ByteRange | None, length: int) -> tuple[int, int]:
+    """``byte_range`` within ``length`` bytes, as ``(start, end)`` with ``0 <= start <= end <= length``.
+
+    >>> clamp((2, 100), 10), clamp((None, 3), 10), clamp((12, None), 10)
+    ((2, 10), (7, 10), (10, 10))
+    """
+    if byte_range is None:
+        return 0, length
+    start, end = byte_range
+    if start is None:
+        assert end is not None
+        return max(0, length - end), length
+    start = min(start, length)
+    return start, (length if end is None else max(start, min(end, length)))
+
+
+def _open_ended(loc: Location, byte_range: ByteRange | None) -> Read:
+    assert loc.url is not None
+    if byte_range is None:
+        return Read(loc.url, loc.offset)
+    start, end = byte_range
+    if start is None:  # a suffix of a whole object (the offset is 0 here)
+        return Read(loc.url, suffix=end)
+    return Read(loc.url, loc.offset + start, None if end is None else loc.offset + max(start, end))
+
+
+def _origin_of(walk: Walk) -> dict[str, Any]:
+    if not walk.hops:
+        return {"manifest": None, "entry": None}
+    hop = walk.hops[-1]
+    return {"manifest": hop.manifest, "entry": hop.entry}
+
+
+def _render_chain(hops: list[Hop]) -> str:
+    return "\n  ".join(str(h) for h in hops)

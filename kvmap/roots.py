@@ -1,0 +1,145 @@
+"""Root URLs onto obstore stores: which store, which object path.
+
+========================================  =============================================
+URL                                       store, object path
+========================================  =============================================
+``file:///abs/path``                      ``LocalStore("/")``, ``abs/path``
+``memory://NAME/path``                    the process's named ``MemoryStore`` NAME, ``path``
+``s3://bucket/key``                       ``S3Store(bucket)``, ``key``
+``s3+http(s)://host:port/bucket/key``     ``S3Store(bucket, endpoint=http(s)://host:port)``, ``key``
+``gs://bucket/key``                       ``GCSStore(bucket)``, ``key``
+``az://container/key``                    ``AzureStore(container)``, ``key``
+``http(s)://host/path``                   ``HTTPStore("http(s)://host/")``, ``path``
+========================================  =============================================
+
+Object paths are the URL's path percent-decoded. Stores are made lazily, one per
+(scheme, authority, bucket, caller options), and cached. Credentials and client
+options come only from the caller — ``options`` maps ``/``-terminated URL prefixes
+to keyword arguments of the obstore store constructor (``config``,
+``client_options``, ``retry_config``, ``credential_provider``), longest prefix
+winning — never from a manifest.
+
+>>> roots = Roots()
+>>> store, path = roots.open("memory://doc/a%20b/c")
+>>> path
+'a b/c'
+>>> memory_store("doc") is store
+True
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote
+
+from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, MemoryStore, S3Store
+
+from kvmap.errors import PipelineError
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, ObjectStore
+
+__all__ = ["Roots", "memory_store"]
+
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(/[^?#]*)?\Z", re.S)
+_SCHEMES = ("file", "memory", "s3", "s3+http", "s3+https", "gs", "az", "http", "https")
+_MEMORY: dict[str, MemoryStore] = {}
+_MEMORY_LOCK = threading.Lock()
+# Bound on the URL -> (store, path) memo: it pays off for the few URLs that hold
+# many windows, and must not grow with every distinct chunk URL.
+_MEMO_SIZE = 4096
+
+
+def memory_store(name: str) -> MemoryStore:
+    """The process's in-memory store called ``name`` (``memory://NAME/``), made on first use."""
+    with _MEMORY_LOCK:
+        store = _MEMORY.get(name)
+        if store is None:
+            store = _MEMORY[name] = MemoryStore()
+        return store
+
+
+class Roots:
+    """Opens root URLs as (obstore store, object path), with caller options per URL prefix.
+
+    Raises ``ValueError`` if an options prefix does not end in ``/``.
+    """
+
+    __slots__ = ("_memo", "_prefixes", "_stores", "options")
+
+    def __init__(self, options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (options or {}).items()}
+        for prefix in self.options:
+            if not prefix.endswith("/"):
+                raise ValueError(f"store options prefix {prefix!r} must end in '/'")
+        self._prefixes = sorted(self.options, key=len, reverse=True)
+        self._stores: dict[tuple[str, str, str, str | None], ObjectStore] = {}
+        self._memo: dict[str, tuple[ObjectStore, str]] = {}
+
+    def open(self, url: str) -> tuple[ObjectStore, str]:
+        """The store holding the object at root URL ``url``, and its path in that store.
+
+        Raises :class:`~kvmap.PipelineError` for an unsupported scheme, a
+        malformed URL or one that names no object.
+        """
+        found = self._memo.get(url)
+        if found is not None:
+            return found
+        m = _URL.match(url)
+        if m is None:
+            raise PipelineError(f"{url!r} is not a URL kvmap can read (scheme://authority/path, no query)")
+        scheme, authority, path = m.group(1).lower(), m.group(2), m.group(3) or ""
+        if scheme not in _SCHEMES:
+            raise PipelineError(f"{url!r}: kvmap reads {', '.join(_SCHEMES)} URLs, not {scheme}://")
+        try:
+            path = unquote(path, encoding="utf-8", errors="strict")
+        except UnicodeDecodeError:
+            raise PipelineError(f"{url!r}: the path does not decode as UTF-8") from None
+        path = path[1:]
+        bucket = ""
+        if scheme in ("s3+http", "s3+https"):
+            bucket, _, path = path.partition("/")
+        elif scheme == "file" and authority not in ("", "localhost"):
+            raise PipelineError(f"{url!r}: a file URL names no host (file:///path)")
+        if not path or (not bucket and scheme in ("s3+http", "s3+https")):
+            raise PipelineError(f"{url!r} names no object")
+        prefix = next((p for p in self._prefixes if url.startswith(p)), None)
+        ident = (scheme, authority, bucket, prefix)
+        store = self._stores.get(ident)
+        if store is None:
+            store = self._stores[ident] = self._make(
+                scheme, authority, bucket, dict(self.options.get(prefix or "", {}))
+            )
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        self._memo[url] = (store, path)
+        return store, path
+
+    @staticmethod
+    def _make(scheme: str, authority: str, bucket: str, options: dict[str, Any]) -> ObjectStore:
+        if scheme == "file":
+            return LocalStore("/")
+        if scheme == "memory":
+            return memory_store(authority)
+        if scheme == "s3":
+            return S3Store(authority, **options)
+        if scheme in ("s3+http", "s3+https"):
+            client = cast("ClientConfig", dict(options.pop("client_options", {})))
+            if scheme == "s3+http":
+                client.setdefault("allow_http", True)
+            endpoint = f"{scheme.removeprefix('s3+')}://{authority}"
+            if "virtual_hosted_style_request" not in {*options, *options.get("config", {})}:
+                # The URL puts the bucket in the path, so address it there.
+                options["virtual_hosted_style_request"] = False
+            return S3Store(bucket, endpoint=endpoint, client_options=client, **options)
+        if scheme == "gs":
+            return GCSStore(authority, **options)
+        if scheme == "az":
+            return AzureStore(authority, **options)
+        client = cast("ClientConfig", dict(options.pop("client_options", {})))
+        if scheme == "http":
+            client.setdefault("allow_http", True)
+        return HTTPStore.from_url(f"{scheme}://{authority}/", client_options=client, **options)

@@ -1,0 +1,385 @@
+"""Keys to bytes on real storage: local files, named memory stores, zip archives, a loopback
+S3 API server and a loopback HTTP server, through chained manifests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import obstore
+import pytest
+
+import kvmap
+from kvmap.chain import clamp
+from tests.servers import RangeHTTPServer, S3Server
+
+DATA = bytes(range(256)) * 16  # 4 KiB; byte i is i % 256
+NO_RETRIES = {"max_retries": 0}
+
+
+def write_manifest(path: Path, entries: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"kvmap": 1, "entries": entries}))
+    return path
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Path:
+    """A directory with a data file, a chunk manifest, an inner and an outer manifest (all in
+    one directory: a file manifest's origin is its own directory tree)."""
+    (tmp_path / "data.bin").write_bytes(DATA)
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "c0").write_bytes(b"chunk zero")
+    write_manifest(
+        tmp_path / "inner.json",
+        [
+            {"key": "w", "path": "data.bin", "offset": 100, "length": 50},
+            {"key": "open", "path": "data.bin", "offset": 4000},
+            {"key": "inline", "data": "aGVsbG8="},
+            {"key": "gone", "path": None},
+            {"key": "short", "path": "data.bin", "offset": 4000, "length": 200},
+            {"key": "nofile", "path": "nothing.bin"},
+        ],
+    )
+    (tmp_path / "chunks.json").write_text(json.dumps({"0.0": {"path": "data.bin", "offset": 10, "length": 5}}))
+    write_manifest(
+        tmp_path / "m.json",
+        [
+            {"prefix": "in/", "path": "inner.json|kvmap:"},
+            {"prefix": "ck/", "path": "chunks.json|zarr_chunk_manifest:"},
+            {"prefix": "ck2/", "path": "chunks.json|zarr-chunk-manifest:"},
+            {"prefix": "tree/", "path": "tree/"},
+            {"prefix": "missing/", "path": "nowhere/m.json|kvmap:"},
+            {"key": "direct", "path": "data.bin", "offset": 1, "length": 3},
+        ],
+    )
+    return tmp_path
+
+
+# -- byte windows and requests --------------------------------------------------------------
+
+
+def test_clamp_follows_zarrs_contract() -> None:
+    assert clamp(None, 10) == (0, 10)
+    assert clamp((3, 5), 10) == (3, 5)
+    assert clamp((8, 20), 10) == (8, 10)  # past the end: the remainder
+    assert clamp((12, 20), 10) == (10, 10)
+    assert clamp((5, 3), 10) == (5, 5)
+    assert clamp((4, None), 10) == (4, 10)
+    assert clamp((None, 4), 10) == (6, 10)
+    assert clamp((None, 40), 10) == (0, 10)
+
+
+def test_windows_and_requests_on_a_local_file(local: Path) -> None:
+    r = kvmap.Reader(local / "m.json")
+    assert bytes(r.get_sync("direct")) == DATA[1:4]
+    assert bytes(r.get_sync("in/w")) == DATA[100:150]
+    assert bytes(r.get_sync("in/w", (10, 20))) == DATA[110:120]
+    assert bytes(r.get_sync("in/w", (40, 1000))) == DATA[140:150]  # clamped inside the window
+    assert bytes(r.get_sync("in/w", (None, 5))) == DATA[145:150]
+    assert bytes(r.get_sync("in/w", (45, None))) == DATA[145:150]
+    assert bytes(r.get_sync("in/w", (60, 70))) == b""
+    assert bytes(r.get_sync("in/open")) == DATA[4000:]
+    assert bytes(r.get_sync("in/open", (None, 3))) == DATA[-3:]
+    assert bytes(r.get_sync("in/open", (90, 100))) == DATA[4090:]
+    assert bytes(r.get_sync("tree/c0", (None, 4))) == b"zero"
+    assert bytes(r.get_sync("tree/c0", (6, None))) == b"zero"
+
+
+def test_inline_whiteout_missing_and_uncovered_are_absent_or_bytes(local: Path) -> None:
+    r = kvmap.Reader(local / "m.json")
+    assert r.get_sync("in/inline") == b"hello"
+    assert r.get_sync("in/inline", (1, 3)) == b"el"
+    assert r.get_sync("in/gone") is None
+    assert r.get_sync("in/uncovered") is None
+    assert r.get_sync("in/nofile") is None
+    assert r.get_sync("tree/absent") is None
+    assert r.get_sync("nowhere") is None
+    assert r.get_sync("missing/x") is None  # a nested manifest that does not exist: absent
+
+
+def test_an_object_shorter_than_its_window_is_an_error(local: Path) -> None:
+    r = kvmap.Reader(local / "m.json")
+    with pytest.raises(kvmap.TargetError, match="shorter than the window") as info:
+        r.get_sync("in/short")
+    assert info.value.key == "in/short"
+    assert info.value.entry == 4
+    assert info.value.manifest is not None
+    assert info.value.manifest.endswith("inner.json")
+
+
+def test_the_callers_own_missing_manifest_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(kvmap.TargetError, match="manifest not found"):
+        kvmap.Reader(tmp_path / "no.json").get_sync("k")
+
+
+def test_chunk_manifests_in_both_spellings(local: Path) -> None:
+    r = kvmap.Reader(local / "m.json")
+    assert bytes(r.get_sync("ck/0.0")) == DATA[10:15]
+    assert bytes(r.get_sync("ck2/0.0")) == DATA[10:15]
+    assert r.get_sync("ck/0.1") is None
+    direct = kvmap.Reader(f"{(local / 'chunks.json').as_uri()}|zarr_chunk_manifest:")
+    assert bytes(direct.get_sync("0.0")) == DATA[10:15]
+
+
+def test_a_bad_nested_manifest_names_itself(local: Path) -> None:
+    (local / "inner.json").write_text('[{"key": "w", "path": "x", "offset": -1}]')
+    with pytest.raises(kvmap.ManifestError, match="entry 0: field 'offset'") as info:
+        kvmap.Reader(local / "m.json").get_sync("in/w")
+    assert info.value.manifest is not None
+    assert info.value.manifest.endswith("inner.json")
+
+
+def test_explain_shows_every_hop(local: Path) -> None:
+    walked = kvmap.Reader(local / "m.json").explain_sync("in/w")
+    assert [(Path(h.manifest.partition("|")[0]).name, h.key, h.entry) for h in walked.hops] == [
+        ("m.json", "in/w", 0),
+        ("inner.json", "w", 0),
+    ]
+    assert walked.hops[0].url is not None
+    assert walked.hops[0].url.endswith("inner.json|kvmap:w")
+    assert walked.location == kvmap.Location((local / "data.bin").as_uri(), 100, 50)
+
+
+def test_manifests_are_read_once(local: Path) -> None:
+    r = kvmap.Reader(local / "m.json")
+    assert bytes(r.get_sync("in/w")) == DATA[100:150]
+    (local / "inner.json").write_text("[]")  # the cached copy keeps answering
+    assert bytes(r.get_sync("in/w")) == DATA[100:150]
+    r.chain.forget()
+    assert r.get_sync("in/w") is None
+
+
+def test_async_and_batched_reads_agree_with_single_reads(local: Path) -> None:
+    r = kvmap.Reader(local / "m.json")
+    keys = ["in/w", "direct", "in/gone", "ck/0.0", "tree/c0", "in/inline", "nowhere", "in/w", "in/open"]
+    ranges: list[Any] = [(5, 10), None, None, (None, 2), (0, 5), (1, 100), None, (None, 3), (2, 4)]
+    expected = [r.get_sync(k, b) for k, b in zip(keys, ranges, strict=True)]
+    assert [None if x is None else bytes(x) for x in r.get_many_sync(keys, ranges)] == [
+        None if x is None else bytes(x) for x in expected
+    ]
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        singles = [await r.get(k, b) for k, b in zip(keys, ranges, strict=True)]
+        return singles, await r.get_many(keys, ranges)
+
+    singles, batch = asyncio.run(both())
+    for got in (singles, batch):
+        assert [None if x is None else bytes(x) for x in got] == [None if x is None else bytes(x) for x in expected]
+
+
+def test_a_batch_of_windows_in_one_object_is_read_with_few_requests(http_server: RangeHTTPServer) -> None:
+    name = f"batch-{uuid.uuid4().hex}"
+    (http_server.root / name).mkdir()
+    (http_server.root / name / "data.bin").write_bytes(DATA)
+    entries = [{"key": f"k{i}", "path": "data.bin", "offset": 64 * i, "length": 64} for i in range(50)]
+    (http_server.root / name / "m.json").write_text(json.dumps(entries))
+    r = kvmap.Reader(f"{http_server.url}{name}/m.json", stores={http_server.url: {"retry_config": NO_RETRIES}})
+    http_server.clear_requests()
+    got = r.get_many_sync([f"k{i}" for i in range(50)])
+    assert [bytes(g) for g in got if g is not None] == [DATA[64 * i : 64 * i + 64] for i in range(50)]
+    data_requests = [q for q in http_server.requests if q.path.endswith("data.bin")]
+    assert 1 <= len(data_requests) < 5  # coalesced, not 50
+
+
+# -- zip archives ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("stored.bin", DATA, compress_type=zipfile.ZIP_STORED)
+        z.writestr("deflated.bin", DATA, compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr("d/m.json", json.dumps([{"key": "w", "path": "../stored.bin", "offset": 7, "length": 3}]))
+        z.writestr("d/ck.json", json.dumps({"0": {"path": "../deflated.bin", "offset": 300, "length": 4}}))
+    write_manifest(
+        tmp_path / "m.json",
+        [
+            {"prefix": "z/", "path": "a.zip|zip:"},
+            {"prefix": "inner/", "path": "a.zip|zip:d/m.json|kvmap:"},
+            {"prefix": "ck/", "path": "a.zip|zip:d/ck.json|zarr_chunk_manifest:"},
+            {"key": "win", "path": "a.zip|zip:stored.bin", "offset": 5, "length": 2},
+        ],
+    )
+    return tmp_path
+
+
+def test_zip_members_stored_and_deflated(archive: Path) -> None:
+    r = kvmap.Reader(archive / "m.json")
+    assert bytes(r.get_sync("z/stored.bin")) == DATA
+    assert bytes(r.get_sync("z/stored.bin", (10, 20))) == DATA[10:20]
+    assert bytes(r.get_sync("z/deflated.bin")) == DATA
+    assert bytes(r.get_sync("z/deflated.bin", (None, 5))) == DATA[-5:]
+    assert r.get_sync("z/absent.bin") is None
+    assert bytes(r.get_sync("win")) == DATA[5:7]
+
+
+def test_manifests_inside_zip_resolve_relative_to_their_member(archive: Path) -> None:
+    r = kvmap.Reader(archive / "m.json")
+    assert bytes(r.get_sync("inner/w")) == DATA[7:10]
+    assert bytes(r.get_sync("ck/0")) == DATA[300:304]
+
+
+def test_zip64_archives(tmp_path: Path) -> None:
+    path = tmp_path / "z64.zip"
+    with zipfile.ZipFile(path, "w", allowZip64=True) as z, z.open("big.bin", "w", force_zip64=True) as f:
+        f.write(DATA)
+    m = kvmap.Manifest.from_json([{"prefix": "", "path": "z64.zip|zip:"}], url=tmp_path.as_uri() + "/")
+    assert bytes(kvmap.Reader(m).get_sync("big.bin", (1, 4))) == DATA[1:4]
+
+
+def test_a_damaged_archive_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.zip").write_bytes(b"this is not a zip archive")
+    m = kvmap.Manifest.from_json([{"prefix": "", "path": "bad.zip|zip:"}], url=(tmp_path / "m.json").as_uri())
+    with pytest.raises(kvmap.TargetError, match="not a readable zip archive"):
+        kvmap.Reader(m).get_sync("x")
+
+
+# -- named memory stores ----------------------------------------------------------------------
+
+
+def test_memory_urls_name_one_store_per_process() -> None:
+    name = f"mem-{uuid.uuid4().hex}"
+    store = kvmap.memory_store(name)
+    obstore.put(store, "v/c/0", b"abc")
+    obstore.put(store, "m.json", json.dumps([{"prefix": "", "path": "v/"}]).encode())
+    assert bytes(kvmap.Reader(f"memory://{name}/m.json").get_sync("c/0")) == b"abc"
+
+
+# -- the loopback S3 API server -------------------------------------------------------------
+
+
+def test_s3_compatible_endpoint(s3_server: S3Server) -> None:
+    bucket = f"kv-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(bucket)
+    s3_server.put(bucket, "data.bin", DATA)
+    s3_server.put(bucket, "views/m.json", json.dumps([{"prefix": "c/", "path": "../data.bin|zip:"}]).encode())
+    s3_server.put(bucket, "m.json", json.dumps([{"key": "w", "path": "data.bin", "offset": 3, "length": 4}]).encode())
+    root = s3_server.endpoint.replace("http://", "s3+http://") + "/"
+    stores = {
+        root: {
+            "access_key_id": S3Server.ACCESS_KEY_ID,
+            "secret_access_key": S3Server.SECRET_ACCESS_KEY,
+            "region": S3Server.REGION,
+            "retry_config": NO_RETRIES,
+        }
+    }
+    r = kvmap.Reader(f"{root}{bucket}/m.json", stores=stores)
+    assert bytes(r.get_sync("w")) == DATA[3:7]
+    assert bytes(asyncio.run(r.get("w", (1, 2)))) == DATA[4:5]
+    assert r.get_sync("x") is None
+    with pytest.raises(kvmap.TargetError, match="manifest not found"):
+        kvmap.Reader(f"{root}{bucket}/nope.json", stores=stores).get_sync("w")
+
+
+# -- the loopback HTTP server: absence vs failure ---------------------------------------------
+
+
+@pytest.fixture
+def web(http_server: RangeHTTPServer) -> tuple[RangeHTTPServer, str]:
+    name = f"web-{uuid.uuid4().hex}"
+    (http_server.root / name).mkdir()
+    (http_server.root / name / "data.bin").write_bytes(DATA)
+    entries = [
+        {"key": "ok", "path": "data.bin", "offset": 16, "length": 16},
+        {"key": "missing", "path": "missing.bin"},
+        {"key": "e500", "path": f"/status-500/{name}/data.bin"},
+        {"key": "e403", "path": f"/status-403/{name}/data.bin"},
+        {"key": "short", "path": "data.bin", "offset": 4090, "length": 100},
+    ]
+    (http_server.root / name / "m.json").write_text(json.dumps(entries))
+    return http_server, f"{http_server.url}{name}/m.json"
+
+
+def test_http_targets(web: tuple[RangeHTTPServer, str]) -> None:
+    server, url = web
+    r = kvmap.Reader(url, stores={server.url: {"retry_config": NO_RETRIES}})
+    assert bytes(r.get_sync("ok")) == DATA[16:32]
+    assert bytes(r.get_sync("ok", (None, 4))) == DATA[28:32]
+    assert r.get_sync("missing") is None
+
+
+@pytest.mark.parametrize(("key", "why"), [("e500", "GenericError"), ("e403", "PermissionDenied"), ("short", "shorter")])
+def test_failures_raise_and_name_key_entry_and_url(web: tuple[RangeHTTPServer, str], key: str, why: str) -> None:
+    server, url = web
+    r = kvmap.Reader(url, stores={server.url: {"retry_config": NO_RETRIES}})
+    for read in (lambda: r.get_sync(key), lambda: asyncio.run(r.get(key)), lambda: r.get_many_sync(["ok", key])):
+        with pytest.raises(kvmap.TargetError, match=why) as info:
+            read()
+        assert info.value.key == key
+        assert info.value.manifest == url
+        assert info.value.url is not None
+        assert info.value.url.startswith(server.url)
+        assert pickle.loads(pickle.dumps(info.value)).url == info.value.url
+
+
+# -- policy through the reader (the corpus lives in test_policy.py) ---------------------------
+
+
+def test_targets_outside_the_origin_need_an_allow(tmp_path: Path) -> None:
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    write_manifest(tmp_path / "views" / "m.json", [{"key": "k", "path": "../outside.bin"}])
+    with pytest.raises(kvmap.PolicyError, match="--allow"):
+        kvmap.Reader(tmp_path / "views" / "m.json").get_sync("k")
+    allowed = kvmap.Reader(tmp_path / "views" / "m.json", allow=[tmp_path.as_uri() + "/"])
+    assert allowed.get_sync("k") == b"secret"
+
+
+# -- configuration, pickling, the command line ------------------------------------------------
+
+
+def test_a_reader_pickles_by_configuration(local: Path) -> None:
+    r = kvmap.Reader(local / "m.json", allow=["s3://shared/"], max_depth=5)
+    assert bytes(r.get_sync("in/w")) == DATA[100:150]
+    copy = pickle.loads(pickle.dumps(r))
+    assert copy.options == r.options
+    assert copy.policy == r.policy
+    assert bytes(copy.get_sync("in/w")) == DATA[100:150]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "kvmap", *args], capture_output=True, check=False)
+
+
+def test_cli_cat(local: Path) -> None:
+    manifest = str(local / "m.json")
+    assert run_cli("cat", manifest, "in/w").stdout == DATA[100:150]
+    assert run_cli("cat", manifest, "in/w", "--range", "5-10").stdout == DATA[105:110]
+    assert run_cli("cat", manifest, "in/w", "--range", "-3").stdout == DATA[147:150]
+    assert run_cli("cat", manifest, "in/w", "--range", "48-").stdout == DATA[148:150]
+    absent = run_cli("cat", manifest, "in/gone")
+    assert (absent.returncode, absent.stdout) == (1, b"")
+    assert absent.stderr.decode().count("\n") == 1
+    bad_range = run_cli("cat", manifest, "in/w", "--range", "9-3")
+    assert bad_range.returncode == 2
+
+
+def test_cli_denied_target_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    manifest = write_manifest(tmp_path / "views" / "m.json", [{"key": "k", "path": "../outside.bin"}])
+    denied = run_cli("cat", str(manifest), "k")
+    assert (denied.returncode, denied.stdout) == (1, b"")
+    assert denied.stderr.decode().startswith("kvmap: key 'k' -> ")
+    assert denied.stderr.decode().count("\n") == 1
+    assert run_cli("cat", str(manifest), "k", "--allow", tmp_path.as_uri() + "/").stdout == b"secret"
+
+
+def test_cli_explain_shows_the_chain(local: Path) -> None:
+    run = run_cli("explain", str(local / "m.json"), "in/w")
+    lines = run.stdout.decode().splitlines()
+    assert run.returncode == 0
+    chain = lines[lines.index("chain:") + 1 :]
+    assert chain[0].startswith("  1. ")
+    assert "entry 0" in chain[0]
+    assert chain[1].startswith("  2. ")
+    assert "inner.json" in chain[1]
+    assert chain[-1].startswith("resolves to: ")
+    assert "[offset 100, length 50]" in chain[-1]
