@@ -8,10 +8,11 @@ import sys
 import bench_compile
 import bench_load
 import bench_memory
+import bench_read
 import bench_resolve
 import bench_resolve_many
 
-SCRIPTS = (bench_compile, bench_load, bench_resolve, bench_resolve_many, bench_memory)
+SCRIPTS = (bench_compile, bench_load, bench_resolve, bench_resolve_many, bench_read, bench_memory)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ import orjson
 
 from kvmap.chunkmanifest import chunk_manifest
 from kvmap.compiled import CompiledMap, compile
-from kvmap.errors import ChainError, KvmapError, PipelineError, TargetError
+from kvmap.errors import ChainError, PipelineError, ResolveError, TargetError
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
@@ -177,7 +177,7 @@ class Chain:
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self.max_depth = max_depth
-        self._maps: _Bounded[tuple[Location, str], CompiledMap] = _Bounded(cache_size)
+        self._maps: _Bounded[tuple[str, Location, str], CompiledMap] = _Bounded(cache_size)
         self._zips: _Bounded[Location, ZipIndex] = _Bounded(cache_size)
         self._offsets: _Bounded[tuple[Location, str], int] = _Bounded(cache_size * 64)
         self._decisions: _Bounded[tuple[str, str], bool] = _Bounded(cache_size * 64)
@@ -261,7 +261,10 @@ class Chain:
         self, loc: Location, doc: str, adapter: str, walk: Walk, *, required: bool
     ) -> Generator[Read, Any, CompiledMap | None]:
         kind = "kvmap" if adapter == "kvmap" else "chunk"
-        cached = self._maps.get((loc, kind))
+        # The document URL is part of the identity: equal bytes found at two places (inflated
+        # zip members) resolve their relative paths differently.
+        ident = (doc, loc, kind)
+        cached = self._maps.get(ident)
         if cached is not None:
             return cached
         text = yield from self.read_all(loc, walk)
@@ -269,7 +272,7 @@ class Chain:
             if required:
                 raise TargetError("manifest not found", key=walk.key, url=doc)
             return None
-        cached = self._maps.get((loc, kind))  # another walk of a batch may have compiled it meanwhile
+        cached = self._maps.get(ident)  # another walk of a batch may have compiled it meanwhile
         if cached is not None:
             return cached
         if kind == "kvmap":
@@ -281,7 +284,7 @@ class Chain:
                 raise TargetError(f"not a JSON chunk manifest: {exc}", key=walk.key, url=doc) from None
             manifest = chunk_manifest(document, url=doc)
         cm = compile(manifest)
-        self._maps.put((loc, kind), cm)
+        self._maps.put(ident, cm)
         return cm
 
     def forget(self) -> None:
@@ -403,9 +406,9 @@ class Chain:
     def _fetch(self, read: Read, walk: Walk) -> Generator[Read, Any, Any]:
         try:
             return (yield read)
-        except KvmapError:
+        except ResolveError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # obstore's errors, and a URL the roots cannot open
             raise TargetError(f"{type(exc).__name__}: {exc}", key=walk.key, **_origin_of(walk), url=read.url) from exc
 
 

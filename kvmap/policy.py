@@ -55,8 +55,10 @@ class _Place:
     def scheme(self) -> str:
         return self.site.partition(":")[0]
 
-    def within(self, prefix: _Place) -> bool:
-        return self.site == prefix.site and self.segments[: len(prefix.segments)] == prefix.segments
+    def within(self, directory: _Place) -> bool:
+        """Whether this object lies inside ``directory`` (not merely shares its name)."""
+        n = len(directory.segments)
+        return self.site == directory.site and len(self.segments) > n and self.segments[:n] == directory.segments
 
 
 def _place(url: str, *, directory: bool) -> _Place | str:

@@ -170,6 +170,8 @@ def resolve_target(base: str | None, path: str) -> str:
     if root.startswith("//"):
         return join(base.partition(PIPELINE_SEPARATOR)[0], root) + sep + rest
     name, _, inner = last.partition(":")
-    # Resolve inside the adapter as if its path hung from the root of a URL.
-    inside = join("x:/" + inner, root)[len("x:/") :]
+    # Resolve inside the adapter as if its path hung from the root of a URL (never as an
+    # authority: "x://d" would make the first segment a host that ".." cannot climb).
+    lead = "" if inner.startswith("/") else "/"
+    inside = join("x:" + lead + inner, root)[len("x:") + len(lead) :]
     return f"{head}{bar}{name}:{inside}{sep}{rest}"
