@@ -706,7 +706,11 @@ manifest_refs = st.tuples(
     ),
     st.sampled_from(("|kvmap:", "|kvmap:a", "|kvmap:x/", "|kvmap:%2e%2e/")),
 ).map("".join)
-targets = st.one_of(relative_targets, absolute_targets, manifest_refs, manifest_refs, st.none())
+# Objects named like a directory that the origin or an allow prefix opens: not inside it.
+directory_names = st.sampled_from(
+    ("../pub", "../v", "../views", "memory://S/pub", "file:///srv/app/v", "s3://bkt/views", "memory://H", "file:///srv")
+)
+targets = st.one_of(relative_targets, absolute_targets, manifest_refs, manifest_refs, directory_names, st.none())
 key_texts = st.lists(st.sampled_from(KEY_TOKENS), max_size=4).map("".join)
 
 
