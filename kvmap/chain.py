@@ -159,9 +159,6 @@ class _Bounded(Generic[K, V]):
         return len(self._items)
 
 
-_Walker = Generator[Read, Any, Any]
-
-
 class Chain:
     """The walk's rules and caches. ``policy`` decides what manifests may reach;
     ``cache_size`` bounds the manifests (and, separately, zip directories) kept."""

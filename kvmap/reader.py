@@ -142,6 +142,10 @@ class Reader:
             return None
         return (yield from self.chain.read(loc, byte_range, walk))
 
+    def _get_all(self, keys: Sequence[str], byte_ranges: Sequence[ByteRange | None] | None) -> list[_Walker[Any]]:
+        ranges = byte_ranges if byte_ranges is not None else [None] * len(keys)
+        return [self._get(k, r) for k, r in zip(keys, ranges, strict=True)]
+
     def _explain(self, key: str) -> _Walker[Explained]:
         walk = Walk(key, explain=True)
         loc = yield from self._locate(key, walk)
@@ -157,8 +161,7 @@ class Reader:
         self, keys: Sequence[str], byte_ranges: Sequence[ByteRange | None] | None = None
     ) -> list[Data | None]:
         """``[await get(k, r) for k, r in ...]`` in input order, with the reads grouped by object."""
-        ranges = byte_ranges if byte_ranges is not None else [None] * len(keys)
-        return await self._drive_many([self._get(k, r) for k, r in zip(keys, ranges, strict=True)])
+        return await self._drive_many(self._get_all(keys, byte_ranges))
 
     async def locate(self, key: str) -> Location | None:
         """Where ``key``'s bytes are, after every hop (``None``: absent); reads only manifests."""
@@ -224,9 +227,7 @@ class Reader:
         self, keys: Sequence[str], byte_ranges: Sequence[ByteRange | None] | None = None
     ) -> list[Data | None]:
         """:meth:`get_many`, with blocking I/O."""
-        ranges = byte_ranges if byte_ranges is not None else [None] * len(keys)
-        walkers = [self._get(k, r) for k, r in zip(keys, ranges, strict=True)]
-        results, pending = _start(walkers)
+        results, pending = _start(self._get_all(keys, byte_ranges))
         while pending:
             groups = _group(pending)
             _answer(pending, results, groups, [self._read_group_sync(url, reads) for url, reads in groups.items()])
