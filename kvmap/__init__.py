@@ -13,6 +13,7 @@ True
 
 from kvmap.chain import Hop, Location
 from kvmap.compiled import CompiledMap, Explanation, Piece, Resolution, compile
+from kvmap.compose import compose
 from kvmap.entries import Entry
 from kvmap.errors import (
     ChainError,
@@ -23,6 +24,7 @@ from kvmap.errors import (
     PolicyError,
     ResolveError,
     TargetError,
+    WriteError,
 )
 from kvmap.keyrange import KeyRange
 from kvmap.manifest import Manifest
@@ -40,6 +42,7 @@ __all__ = [
     "Explanation",
     "Hop",
     "InvalidKeyError",
+    "KVMapStore",
     "KeyRange",
     "KvmapError",
     "Location",
@@ -54,8 +57,19 @@ __all__ = [
     "Resolution",
     "ResolveError",
     "TargetError",
+    "WriteError",
     "compile",
+    "compose",
     "memory_store",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # KVMapStore imports zarr (a few hundred ms): only code that uses the store pays for it.
+    if name == "KVMapStore":
+        from kvmap.store import KVMapStore
+
+        return KVMapStore
+    raise AttributeError(f"module 'kvmap' has no attribute {name!r}")

@@ -10,7 +10,10 @@ cached (manifests, zip directories, policy decisions) costs no I/O at all.
 The rules, in the order the walk meets them:
 
 * A target is a pipeline ``ROOT|adapter:path|...``. The caller's own target is
-  trusted; a target named by a manifest entry must pass the :class:`Policy`.
+  trusted; a target named by a manifest entry must pass the :class:`Policy`
+  (which may look up the real path of a ``file://`` target through the
+  ``realpath`` function its maker gave it; the walk itself reads nothing).
+  A decision is cached per (target, manifest) until :meth:`Chain.forget`.
 * ``kvmap:`` / ``zarr_chunk_manifest:`` read the resource to their left as a
   manifest (fetched once, compiled, cached by location) and resolve their path
   in it; the winning entry's target is followed in turn, and its byte window,
@@ -64,6 +67,9 @@ class Read:
     end: int | None = None  # exclusive; None: to the end of the object
     suffix: int | None = None  # instead of start/end: the last ``suffix`` bytes
     head: bool = False  # instead of bytes: the object's size
+    # The range lies inside a window of known length, so it is valid unless the object is
+    # damaged; only such reads are batched into one coalesced request per object.
+    within: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +159,8 @@ class _Bounded(Generic[K, V]):
         self._items.pop(key, None)
         self._items[key] = value
         if len(self._items) > self.size:
-            del self._items[next(iter(self._items))]
+            # pop, not del: threads (zarr's sync I/O) may evict the same oldest item at once
+            self._items.pop(next(iter(self._items)), None)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -216,7 +223,7 @@ class Chain:
         self, pipe: Pipeline, walk: Walk, via: str | None, suffix: str, entry: int | None = None
     ) -> Generator[Read, Any, Location | None]:
         if via is not None:
-            self._check(pipe.root, via, entry, walk)
+            self.check(pipe.root, via, entry, walk)
         loc: Location | None = Location(pipe.root)
         doc = pipe.root
         last = len(pipe.adapters) - 1
@@ -226,7 +233,7 @@ class Chain:
             if adapter.kind == "zip":
                 loc = yield from self._zip_member(loc, path, walk)
             else:
-                cm = yield from self._manifest(loc, doc, adapter.name, walk, required=via is None)
+                cm = yield from self.manifest(loc, doc, adapter.name, walk, required=via is None)
                 loc = None if cm is None else (yield from self.step(cm, doc, path, walk))
             if loc is None:
                 return None
@@ -245,7 +252,8 @@ class Chain:
                 f"the chain is deeper than {self.max_depth} manifests:\n  {_render_chain(walk.hops)}", key=walk.key
             )
 
-    def _check(self, url: str, manifest: str, entry: int | None, walk: Walk) -> None:
+    def check(self, url: str, manifest: str, entry: int | None, walk: Walk) -> None:
+        """Raise :class:`~kvmap.PolicyError` unless entry ``entry`` of ``manifest`` may reach ``url``."""
         decided = (url, manifest)
         if self._decisions.get(decided):
             return
@@ -254,9 +262,11 @@ class Chain:
 
     # -- manifests --------------------------------------------------------------------
 
-    def _manifest(
+    def manifest(
         self, loc: Location, doc: str, adapter: str, walk: Walk, *, required: bool
     ) -> Generator[Read, Any, CompiledMap | None]:
+        """The manifest at ``loc`` (document URL ``doc``), read as ``adapter`` says, compiled
+        and cached. ``None`` if it does not exist, unless ``required``."""
         kind = "kvmap" if adapter == "kvmap" else "chunk"
         # The document URL is part of the identity: equal bytes found at two places (inflated
         # zip members) resolve their relative paths differently.
@@ -291,7 +301,8 @@ class Chain:
 
     # -- zip archives -----------------------------------------------------------------
 
-    def _zip_member(self, archive: Location, name: str, walk: Walk) -> Generator[Read, Any, Location | None]:
+    def zip_index(self, archive: Location, walk: Walk) -> Generator[Read, Any, ZipIndex | None]:
+        """The central directory of the zip archive at ``archive`` (cached); ``None`` if it does not exist."""
         index = self._zips.get(archive)
         if index is None:
             index = yield from self._zip_index(archive, walk)
@@ -299,6 +310,12 @@ class Chain:
                 return None
             index = self._zips.get(archive) or index  # keep the first, if a batch read it twice
             self._zips.put(archive, index)
+        return index
+
+    def _zip_member(self, archive: Location, name: str, walk: Walk) -> Generator[Read, Any, Location | None]:
+        index = yield from self.zip_index(archive, walk)
+        if index is None:
+            return None
         member = index.members.get(name)
         if member is None:
             return None
@@ -386,11 +403,21 @@ class Chain:
             read = _open_ended(loc, byte_range)
         else:
             start, end = clamp(byte_range, length)
-            read = Read(loc.url, loc.offset + start, loc.offset + end)
+            read = Read(loc.url, loc.offset + start, loc.offset + end, within=loc.length is not None)
         if read.end is not None and read.end <= read.start:
             size = yield from self._fetch(Read(loc.url, head=True), walk)
             return None if size is None else b""
-        data = yield from self._fetch(read, walk)
+        try:
+            data = yield from self._fetch(read, walk)
+        except TargetError:
+            if length is not None or not read.start:
+                raise
+            # An open-ended window does not know its end: a request starting past it fails
+            # at the server (416, "invalid range"). zarr's contract makes that empty bytes.
+            size = yield from self._fetch(Read(loc.url, head=True), walk)
+            if size is None or int(size) > read.start:
+                raise
+            return b""
         if data is not None and loc.length is not None and read.end is not None and len(data) < read.end - read.start:
             raise TargetError(
                 f"object is shorter than the window [{loc.offset}, {loc.offset + loc.length}) its entry gives",
@@ -399,6 +426,26 @@ class Chain:
                 url=loc.url,
             )
         return data
+
+    def read_size(self, loc: Location, walk: Walk) -> Generator[Read, Any, int | None]:
+        """The size of ``loc`` in bytes, from its object's size (``None``: no such object).
+        Raises :class:`~kvmap.TargetError` if the object is shorter than ``loc``'s window."""
+        if loc.data is not None:
+            return len(loc.data)
+        assert loc.url is not None
+        size = yield from self._fetch(Read(loc.url, head=True), walk)
+        if size is None:
+            return None
+        if loc.length is None:
+            return max(0, int(size) - loc.offset)
+        if int(size) < loc.offset + loc.length:
+            raise TargetError(
+                f"object is shorter than the window [{loc.offset}, {loc.offset + loc.length}) its entry gives",
+                key=walk.key,
+                **_origin_of(walk),
+                url=loc.url,
+            )
+        return loc.length
 
     def _fetch(self, read: Read, walk: Walk) -> Generator[Read, Any, Any]:
         try:

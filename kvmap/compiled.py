@@ -26,7 +26,7 @@ Resolution(entry=1, url='s3://bucket/patch.bin', offset=100, length=42, data=Non
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from itertools import repeat
@@ -39,12 +39,12 @@ import numpy.typing as npt
 from kvmap._gcpause import paused_gc
 from kvmap.entries import Entry
 from kvmap.errors import InvalidKeyError, ManifestError
-from kvmap.keyrange import KeyRange, key_successor
+from kvmap.keyrange import KeyRange, key_successor, prefix_successor
 from kvmap.keytable import MAX_KEY_LENGTH, KeyTable, KeyTooLongError
 from kvmap.manifest import Manifest
 from kvmap.url import REMAINDER_SAFE, encode_remainder, resolve_target
 
-__all__ = ["CompiledMap", "Explanation", "Piece", "Resolution", "compile"]
+__all__ = ["CompiledMap", "Explanation", "Piece", "RangeTarget", "Resolution", "compile"]
 
 # Exact-key payload word 1 is ``entry << 32 | code``: code 0 is a whiteout,
 # 1 .. _INLINE-1 is 1 + an index into the URL list, _INLINE + i is inline data i.
@@ -79,6 +79,16 @@ class Piece(NamedTuple):
     min: str
     max: str | None
     entry: int
+
+
+class RangeTarget(NamedTuple):
+    """Keys ``[min, max)`` of one range piece, which go to ``url + key[strip:]`` (entry ``entry``)."""
+
+    min: str
+    max: str | None
+    entry: int
+    url: str
+    strip: int
 
 
 class Explanation(NamedTuple):
@@ -130,6 +140,7 @@ class CompiledMap:
         "_inline",
         "_ranges",
         "_shadowed",
+        "_sorted_keys",
         "_table",
         "_targets",
         "_urls",
@@ -156,6 +167,7 @@ class CompiledMap:
     _ranges: list[tuple[int, KeyRange]]
     _shadowed: dict[str, list[int]]
     _columns: _PieceColumns | None
+    _sorted_keys: tuple[list[str], list[str]] | None  # every exact key, and those with a value
 
     def __init__(self) -> None:
         raise TypeError("use kvmap.compile(manifest)")
@@ -186,6 +198,7 @@ class CompiledMap:
         self._ranges = [(i, e.range) for i, e in ranges]
         self._bounds, self._winners, self._targets = _sweep(ranges, absolute)
         self._columns = None
+        self._sorted_keys = None
         self._shadowed = {}
         self._build_table(manifest, absolute)
         self.resolve = self._make_resolver()
@@ -465,6 +478,43 @@ class CompiledMap:
             if winners[k] >= 0
         ]
         yield from _merge_pieces(exact, ranges)
+
+    def exact_keys(self, prefix: str = "", *, whiteouts: bool = False) -> list[str]:
+        """The keys of exact entries starting with ``prefix``, sorted: those with a value,
+        or with ``whiteouts`` every one. The first call sorts them once (kept for later calls).
+        """
+        cached = self._sorted_keys
+        if cached is None:
+            table = self._table
+            every = [] if table is None else sorted(table.items())
+            live = [k for k, i in every if table is not None and table.table[i + 1] & _CODE_MASK]
+            cached = self._sorted_keys = ([k for k, _ in every], live)
+        keys = cached[0] if whiteouts else cached[1]
+        lo = bisect_left(keys, prefix)
+        hi = len(keys) if (end := prefix_successor(prefix)) is None else bisect_left(keys, end, lo)
+        return keys[lo:hi]
+
+    def is_exact(self, key: str) -> bool:
+        """Whether an exact entry (a value or a whiteout) wins for ``key``: no range entry decides it."""
+        return self._table is not None and self._table.find(key) >= 0
+
+    def range_targets(self, within: KeyRange) -> Iterator[RangeTarget]:
+        """The range pieces with a URL target that meet ``within``, clipped to it, in key order.
+
+        Exact keys inside a piece are not cut out: they win over it (see :meth:`is_exact`).
+        """
+        bounds, targets = self._bounds, self._targets
+        k = bisect_right(bounds, within.min)
+        while k < len(targets):
+            lo = within.min if k == 0 else max(within.min, bounds[k - 1])
+            hi = bounds[k] if k < len(bounds) else None
+            clipped = KeyRange(lo, hi).intersect(within)
+            if clipped.is_empty():
+                break
+            target = targets[k]
+            if target is not None:
+                yield RangeTarget(clipped.min, clipped.max, *target)
+            k += 1
 
     def _exact_winners(self) -> Iterator[tuple[str, int]]:
         if self._table is None:

@@ -126,3 +126,8 @@ class PolicyError(ResolveError, PermissionError):
 
 class ChainError(ResolveError):
     """Chained manifests loop back on themselves or nest deeper than the limit."""
+
+
+class WriteError(ResolveError):
+    """A write or delete cannot go through: the key's entry is not a redirect that
+    names a whole object (a byte window, inline bytes, a whiteout, or no entry)."""

@@ -17,6 +17,18 @@ prefix, once matched, cannot be climbed out of. ``allow_all`` trusts every
 manifest, except that a manifest which is not itself a local file may still
 reach ``file://`` targets only through an explicit ``file://`` allow prefix.
 
+Text is not the whole story on a local disk: ``file:///d/link/passwd`` lies
+inside ``file:///d/`` as text, but if ``/d/link`` is a symbolic link to
+``/etc`` the file read is ``/etc/passwd``. So a policy may be given
+``realpath``, a function from a local absolute path to its real path (kvmap's
+:class:`~kvmap.Reader` gives it :func:`kvmap.roots.local_realpath`). With it, a
+``file://`` target that passed as text must also lie, by real path, inside the
+real path of a directory that grants ``file://`` targets to its manifest: the
+manifest's origin (the directory of its URL as given) or a ``file://`` allow
+prefix. Links that stay inside are fine. This module itself does no I/O: without
+``realpath`` (the default) decisions are made on text alone. ``allow_all`` for a
+local manifest allows every ``file://`` target, wherever its links lead.
+
 >>> p = Policy(allow=["s3://shared/"])
 >>> p.check("s3://bucket/data/c/0", manifest="s3://bucket/m.json")
 >>> p.check("s3://shared/x", manifest="s3://bucket/m.json")
@@ -29,7 +41,7 @@ kvmap.errors.PolicyError: s3://bucket/m.json -> file:///etc/passwd: not allowed:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -111,19 +123,33 @@ def _render(place: _Place) -> str:
     return "/".join((place.site, *place.segments, ""))
 
 
+#: A local absolute path to its real path: symbolic links resolved (for a path that does not
+#: exist, its deepest existing parent resolved and the rest kept), or ``None`` if it has none.
+RealPath = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why a target is not allowed: the reason of the :class:`~kvmap.PolicyError` to raise."""
+
+    reason: str
+
+
 class Policy:
     """The targets manifests may reach: each manifest's origin, ``allow`` prefixes, or all.
 
     ``allow`` holds ``/``-terminated URL prefixes (``s3://bucket/shared/``,
     ``file:///data/``). Raises ``ValueError`` for a prefix that does not end in
-    ``/`` or is not an absolute URL.
+    ``/`` or is not an absolute URL. ``realpath`` (see the module) holds
+    ``file://`` targets to real paths too; without it decisions are on text alone.
     """
 
-    __slots__ = ("_allow", "allow", "allow_all")
+    __slots__ = ("_allow", "allow", "allow_all", "realpath")
 
-    def __init__(self, allow: Iterable[str] = (), *, allow_all: bool = False) -> None:
+    def __init__(self, allow: Iterable[str] = (), *, allow_all: bool = False, realpath: RealPath | None = None) -> None:
         self.allow = tuple(allow)
         self.allow_all = allow_all
+        self.realpath = realpath
         places = []
         for prefix in self.allow:
             place = _place(prefix, directory=True) if prefix.endswith("/") else "it does not end in '/'"
@@ -136,31 +162,24 @@ class Policy:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Policy):
             return NotImplemented
-        return (sorted(self.allow), self.allow_all) == (sorted(other.allow), other.allow_all)
+        mine = (sorted(self.allow), self.allow_all, self.realpath)
+        return mine == (sorted(other.allow), other.allow_all, other.realpath)
 
     def __hash__(self) -> int:
-        return hash((tuple(sorted(self.allow)), self.allow_all))
+        return hash((tuple(sorted(self.allow)), self.allow_all, self.realpath))
 
     def __repr__(self) -> str:
-        return f"Policy(allow={list(self.allow)!r}, allow_all={self.allow_all!r})"
+        real = ""
+        if self.realpath is not None:
+            name = getattr(self.realpath, "__qualname__", None) or repr(self.realpath)
+            real = f", realpath={getattr(self.realpath, '__module__', None) or '?'}.{name}"
+        return f"Policy(allow={list(self.allow)!r}, allow_all={self.allow_all!r}{real})"
 
     def allowed_by(self, url: str, manifest: str | None) -> str | None:
         """What allows the root URL ``url`` named in ``manifest``: ``"origin"``, ``"caller"``,
         ``"allow_all"`` or the matching allow prefix; ``None`` if nothing does."""
-        if manifest is None:
-            return "caller"
-        place = _place(url, directory=False)
-        if isinstance(place, str):
-            return None
-        for prefix in self._allow:
-            if place.within(prefix):
-                return _render(prefix)
-        home = _origin_place(manifest)
-        if home is not None and place.within(home):
-            return "origin"
-        if self.allow_all and (place.scheme != _LOCAL or (home is not None and home.scheme == _LOCAL)):
-            return "allow_all"
-        return None
+        verdict = self._judge(url, manifest)
+        return verdict if isinstance(verdict, str) else None
 
     def check(self, url: str, *, manifest: str | None, entry: int | None = None, key: str | None = None) -> None:
         """Return if ``manifest`` (``None``: the caller) may send kvmap to root URL ``url``.
@@ -168,20 +187,79 @@ class Policy:
         Raises :class:`~kvmap.PolicyError` naming the URL, the manifest and the
         entry, and how to allow the target.
         """
-        if self.allowed_by(url, manifest) is not None:
-            return
-        place = _place(url, directory=True)
+        verdict = self._judge(url, manifest)
+        if isinstance(verdict, _Refusal):
+            raise PolicyError(verdict.reason, key=key, manifest=manifest, entry=entry, url=url)
+
+    def _judge(self, url: str, manifest: str | None) -> str | _Refusal:
+        if manifest is None:
+            return "caller"
+        place = _place(url, directory=False)
         if isinstance(place, str):
-            raise PolicyError(f"not allowed: {place}", key=key, manifest=manifest, entry=entry, url=url)
-        home = origin(manifest) if manifest is not None else None
-        hint = _render(place)
-        remote_to_file = place.scheme == _LOCAL and (home is None or not home.startswith("file:"))
+            return _Refusal(f"not allowed: {place}")
+        home = _origin_place(manifest)
+        granted = [(_render(prefix), prefix) for prefix in self._allow if place.within(prefix)]
+        if home is not None and place.within(home):
+            granted.append(("origin", home))
+        local = place.scheme == _LOCAL
+        if granted and (not local or self.realpath is None):
+            return granted[0][0]
+        verdict = self._confine(place, granted, home) if granted else self._outside(place, home)
+        if isinstance(verdict, str):
+            return verdict
+        if self.allow_all and (not local or (home is not None and home.scheme == _LOCAL)):
+            return "allow_all"
+        return verdict
+
+    def _outside(self, place: _Place, home: _Place | None) -> _Refusal:
+        """The refusal of a target that no origin or prefix holds, as text."""
+        hint = _render(_Place(place.site, place.segments[:-1]))
+        remote_to_file = place.scheme == _LOCAL and (home is None or home.scheme != _LOCAL)
         also = "" if remote_to_file else " (or allow_all=True / --allow-all for a manifest you trust)"
-        raise PolicyError(
-            f"not allowed: outside the manifest's origin {home or '(none)'} and every allow prefix; "
-            f"allow it with allow=[{hint!r}] or --allow {hint}{also}",
-            key=key,
-            manifest=manifest,
-            entry=entry,
-            url=url,
+        return _Refusal(
+            f"not allowed: outside the manifest's origin {'(none)' if home is None else _render(home)} and every "
+            f"allow prefix; allow it with allow=[{hint!r}] or --allow {hint}{also}"
         )
+
+    def _confine(self, place: _Place, granted: list[tuple[str, _Place]], home: _Place | None) -> str | _Refusal:
+        """What allows the ``file://`` target ``place``, which the directories ``granted`` hold as
+        text, by real paths: a directory that grants ``file://`` targets to its manifest (the
+        origin, a ``file://`` prefix) whose real path holds the target's real path."""
+        real = self._real(place.segments)
+        if real is None:
+            return _Refusal("not allowed: its real path (symbolic links resolved) cannot be determined")
+        if real == tuple(s for s in place.segments if s):
+            # No link on the way: each directory along the path, the granting one included, is its own
+            # real path (a link that led back to the same text would be a loop, which cannot be opened).
+            return granted[0][0]
+        held = {id(directory) for _, directory in granted}
+        grants = granted + [(_render(p), p) for p in self._allow if p.scheme == _LOCAL and id(p) not in held]
+        if home is not None and home.scheme == _LOCAL and id(home) not in held:
+            grants.append(("origin", home))
+        seen = []
+        for label, directory in grants:
+            real_directory = self._real(directory.segments)
+            if real_directory is not None and real[: len(real_directory)] == real_directory:
+                return label
+            where = "the manifest's origin " + _render(home) if label == "origin" and home is not None else label
+            seen.append(f"{where} (real path {'(none)' if real_directory is None else _path(real_directory)})")
+        hint = _render(_Place(place.site, real[:-1]))
+        also = (
+            ""
+            if home is None or home.scheme != _LOCAL
+            else " (or allow_all=True / --allow-all for a manifest you trust)"
+        )
+        return _Refusal(
+            f"not allowed: its real path {_path(real)} (symbolic links resolved) lies outside "
+            f"{' and '.join(seen)}; allow it with allow=[{hint!r}] or --allow {hint}{also}"
+        )
+
+    def _real(self, segments: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The real path of the local path ``segments``, as segments; ``None`` if it has none."""
+        assert self.realpath is not None
+        real = self.realpath(_path(segments))
+        return None if real is None else tuple(s for s in real.split("/") if s)
+
+
+def _path(segments: tuple[str, ...]) -> str:
+    return "/" + "/".join(segments)

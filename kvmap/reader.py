@@ -28,25 +28,29 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import defaultdict
-from collections.abc import Collection, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import obstore
 
+from kvmap import listing
 from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, ByteRange, Chain, Hop, Location, Read, Walk
 from kvmap.compiled import CompiledMap, compile
+from kvmap.errors import TargetError
+from kvmap.listing import List
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
-from kvmap.roots import Roots
+from kvmap.roots import Roots, local_realpath
 from kvmap.url import is_absolute
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-    from obstore import Bytes
+    from obstore import Bytes, ListResult, ObjectMeta
+    from obstore.store import ObjectStore
 
     #: What reads return: obstore's zero-copy ``Bytes``, or ``bytes`` for inline values.
     Data: TypeAlias = bytes | Bytes
@@ -55,6 +59,7 @@ __all__ = ["Explained", "Reader"]
 
 T = TypeVar("T")
 _Walker = Generator[Read, Any, T]
+_Lister = Generator[Read | List, Any, T]  # listings also ask for object listings
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +106,9 @@ class Reader:
             "max_depth": max_depth,
             "cache_size": cache_size,
         }
-        self.chain = Chain(Policy(allow, allow_all=allow_all), max_depth=max_depth, cache_size=cache_size)
+        # file:// targets are held to real paths: a symbolic link cannot lead out of what allows them.
+        policy = Policy(allow, allow_all=allow_all, realpath=local_realpath)
+        self.chain = Chain(policy, max_depth=max_depth, cache_size=cache_size)
         self.roots = Roots(stores)
         self._map: CompiledMap | None = None
         self._pipe: Pipeline | None = None
@@ -151,6 +158,45 @@ class Reader:
         loc = yield from self._locate(key, walk)
         return Explained(key, tuple(walk.hops), loc)
 
+    def _size(self, key: str) -> _Walker[int | None]:
+        walk = Walk(key)
+        loc = yield from self._locate(key, walk)
+        if loc is None:
+            return None
+        return (yield from self.chain.read_size(loc, walk))
+
+    def _namespace(self) -> _Lister[tuple[CompiledMap, str, str]]:
+        """The top manifest, its document URL, and the key prefix the target gives in it."""
+        if self._map is not None:
+            return self._map, self._doc, ""
+        assert self._pipe is not None
+        left = Pipeline(self._pipe.root, self._pipe.adapters[:-1])
+        walk = Walk(None)
+        loc = yield from self.chain.locate(left, walk)
+        last = self._pipe.adapters[-1]
+        cm = (
+            None
+            if loc is None
+            else (yield from self.chain.manifest(loc, left.format(), last.name, walk, required=True))
+        )
+        if cm is None:
+            raise TargetError("manifest not found", url=self._doc)
+        return cm, left.format(), last.path
+
+    def _list(self, prefix: str) -> _Lister[list[str]]:
+        cm, doc, path = yield from self._namespace()
+        found: list[str] = yield from listing.keys(self.chain, cm, doc, path + prefix)
+        return [k[len(path) :] for k in found]
+
+    def _list_dir(self, directory: str) -> _Lister[list[str]]:
+        cm, doc, path = yield from self._namespace()
+        inner = path + directory
+        if inner == "" or inner.endswith("/"):
+            names: list[str] = yield from listing.children(self.chain, cm, doc, inner)
+            return names
+        found: list[str] = yield from listing.keys(self.chain, cm, doc, inner)
+        return sorted({k[len(inner) :].split("/", 1)[0] for k in found})
+
     # -- async ------------------------------------------------------------------------
 
     async def get(self, key: str, byte_range: ByteRange | None = None) -> Data | None:
@@ -171,7 +217,19 @@ class Reader:
         """Every manifest hop of ``key``'s walk, and where it ends."""
         return await self._drive(self._explain(key))
 
-    async def _drive(self, walker: _Walker[T]) -> T:
+    async def size(self, key: str) -> int | None:
+        """The size in bytes of ``key``'s value, or ``None`` if it does not exist."""
+        return await self._drive(self._size(key))
+
+    async def list_prefix(self, prefix: str = "") -> list[str]:
+        """Every key that starts with ``prefix`` and exists, sorted (:mod:`kvmap.listing`)."""
+        return await self._drive(self._list(prefix))
+
+    async def list_dir(self, directory: str = "") -> list[str]:
+        """The immediate child names below ``directory`` (``""`` or ending in ``/``), sorted."""
+        return await self._drive(self._list_dir(directory))
+
+    async def _drive(self, walker: _Lister[T]) -> T:
         try:
             request = next(walker)
             while True:
@@ -184,7 +242,9 @@ class Reader:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    async def _read_async(self, r: Read) -> Any:
+    async def _read_async(self, r: Read | List) -> Any:
+        if isinstance(r, List):
+            return await self._list_async(r)
         store, path = self.roots.open(r.url)
         try:
             if r.head:
@@ -209,13 +269,17 @@ class Reader:
             if len(reads) == 1:
                 return [await self._read_async(reads[0])]
             store, path = self.roots.open(url)
-            try:
-                starts, ends = [r.start for r in reads], [r.end for r in reads]
-                return list(await obstore.get_ranges_async(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
-            except FileNotFoundError:
-                return [None] * len(reads)
-        except Exception as exc:
-            return exc
+            starts, ends = [r.start for r in reads], [r.end for r in reads]
+            return list(await obstore.get_ranges_async(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return [None] * len(reads)
+        except BaseException as exc:
+            if not _failed(exc):
+                raise
+            if len(reads) == 1:
+                return exc
+        # One bad range fails the whole coalesced request: give each read its own answer.
+        return list(await asyncio.gather(*(self._read_async(r) for r in reads), return_exceptions=True))
 
     # -- sync -------------------------------------------------------------------------
 
@@ -241,7 +305,19 @@ class Reader:
         """:meth:`explain`, with blocking I/O."""
         return self._drive_sync(self._explain(key))
 
-    def _drive_sync(self, walker: _Walker[T]) -> T:
+    def size_sync(self, key: str) -> int | None:
+        """:meth:`size`, with blocking I/O."""
+        return self._drive_sync(self._size(key))
+
+    def list_prefix_sync(self, prefix: str = "") -> list[str]:
+        """:meth:`list_prefix`, with blocking I/O."""
+        return self._drive_sync(self._list(prefix))
+
+    def list_dir_sync(self, directory: str = "") -> list[str]:
+        """:meth:`list_dir`, with blocking I/O."""
+        return self._drive_sync(self._list_dir(directory))
+
+    def _drive_sync(self, walker: _Lister[T]) -> T:
         try:
             request = next(walker)
             while True:
@@ -254,7 +330,9 @@ class Reader:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def _read_sync(self, r: Read) -> Any:
+    def _read_sync(self, r: Read | List) -> Any:
+        if isinstance(r, List):
+            return self._list_sync(r)
         store, path = self.roots.open(r.url)
         try:
             if r.head:
@@ -270,13 +348,95 @@ class Reader:
             if len(reads) == 1:
                 return [self._read_sync(reads[0])]
             store, path = self.roots.open(url)
-            try:
-                starts, ends = [r.start for r in reads], [r.end for r in reads]
-                return list(obstore.get_ranges(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
-            except FileNotFoundError:
-                return [None] * len(reads)
+            starts, ends = [r.start for r in reads], [r.end for r in reads]
+            return list(obstore.get_ranges(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return [None] * len(reads)
+        except BaseException as exc:
+            if not _failed(exc):
+                raise
+            if len(reads) == 1:
+                return exc
+        # One bad range fails the whole coalesced request: give each read its own answer.
+        return [_answer_of(self._read_sync, r) for r in reads]
+
+    # -- listings ---------------------------------------------------------------------
+
+    async def _list_async(self, r: List) -> Any:
+        store, base, full = self._list_where(r)
+        if not _listable(full):
+            return ([], []) if r.delimiter else []
+        try:
+            if r.delimiter:
+                return _one_level(await obstore.list_with_delimiter_async(store, full or None), full)
+            names: list[str] = []
+            async for batch in obstore.list(store, _directory(full), chunk_size=_chunk(r)):
+                names += _names(batch, base, full)
+                if r.limit is not None and len(names) >= r.limit:
+                    break
+            return names
         except Exception as exc:
-            return exc
+            raise TargetError(f"listing failed: {type(exc).__name__}: {exc}", url=r.url) from exc
+
+    def _list_sync(self, r: List) -> Any:
+        store, base, full = self._list_where(r)
+        if not _listable(full):
+            return ([], []) if r.delimiter else []
+        try:
+            if r.delimiter:
+                return _one_level(obstore.list_with_delimiter(store, full or None), full)
+            names: list[str] = []
+            for batch in obstore.list(store, _directory(full), chunk_size=_chunk(r)):
+                names += _names(batch, base, full)
+                if r.limit is not None and len(names) >= r.limit:
+                    break
+            return names
+        except Exception as exc:
+            raise TargetError(f"listing failed: {type(exc).__name__}: {exc}", url=r.url) from exc
+
+    def _list_where(self, r: List) -> tuple[ObjectStore, str, str]:
+        try:
+            store, base = self.roots.open(r.url, directory=True)
+        except Exception as exc:
+            raise TargetError(f"cannot list: {exc}", url=r.url) from exc
+        return store, base, base + r.prefix
+
+
+def _failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed read: an ``Exception``, or the panic obstore 0.12's
+    ``get_ranges`` raises (a ``BaseException``) when a range starts past a damaged object's end."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _answer_of(read: Callable[[Read], Any], r: Read) -> Any:
+    try:
+        return read(r)
+    except Exception as exc:
+        return exc
+
+
+def _listable(path: str) -> bool:
+    """Whether an object path can start with ``path``: object paths have no empty segments."""
+    return all(path[: path.rfind("/")].split("/")) if "/" in path else True
+
+
+def _directory(path: str) -> str | None:
+    # obstore lists whole path segments: list the deepest directory, then filter.
+    return path[: path.rfind("/") + 1] or None
+
+
+def _chunk(r: List) -> int:
+    return 1000 if r.limit is None else max(1, min(r.limit, 1000))
+
+
+def _names(batch: Sequence[ObjectMeta], base: str, full: str) -> list[str]:
+    return [m["path"][len(base) :] for m in batch if m["path"].startswith(full)]
+
+
+def _one_level(result: ListResult[Sequence[ObjectMeta]], full: str) -> tuple[list[str], list[str]]:
+    dirs = [p[len(full) :].rstrip("/") for p in result["common_prefixes"] if p.startswith(full)]
+    objects = [m["path"][len(full) :] for m in result["objects"] if m["path"].startswith(full)]
+    return [d for d in dirs if d], [o for o in objects if o]
 
 
 def manifest_url(target: str | os.PathLike[str]) -> str:
@@ -321,15 +481,16 @@ def _start(walkers: list[_Walker[Any]]) -> tuple[list[Any], _Pending]:
 
 
 def _group(pending: _Pending) -> dict[str, list[Read]]:
-    """The distinct reads of a round, by URL. Reads that are not one bounded range
-    (whole objects, suffixes, sizes) get a group of their own."""
+    """The distinct reads of a round, by URL. Reads that are not a range inside a window of
+    known length (whole objects, suffixes, sizes, ranges of redirected objects, which may
+    start past the end) get a group of their own."""
     groups: dict[str, list[Read]] = defaultdict(list)
     seen: set[Read] = set()
     for _, read in pending.values():
         if read in seen:
             continue
         seen.add(read)
-        if read.end is None or read.head:
+        if not read.within:
             groups[_solo(read)].append(read)
         else:
             groups[read.url].append(read)

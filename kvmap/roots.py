@@ -19,6 +19,10 @@ to keyword arguments of the obstore store constructor (``config``,
 ``client_options``, ``retry_config``, ``credential_provider``), longest prefix
 winning — never from a manifest.
 
+:func:`local_realpath` is the filesystem half of the security policy: the real
+path of a ``file://`` target, which :class:`~kvmap.Policy` holds to the real path
+of the directory that allows it.
+
 >>> roots = Roots()
 >>> store, path = roots.open("memory://doc/a%20b/c")
 >>> path
@@ -29,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Mapping
@@ -42,7 +47,7 @@ from kvmap.errors import PipelineError
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore
 
-__all__ = ["Roots", "memory_store"]
+__all__ = ["Roots", "local_realpath", "memory_store"]
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(/[^?#]*)?\Z", re.S)
 _SCHEMES = ("file", "memory", "s3", "s3+http", "s3+https", "gs", "az", "http", "https")
@@ -62,6 +67,21 @@ def memory_store(name: str) -> MemoryStore:
         return store
 
 
+def local_realpath(path: str) -> str | None:
+    """The real path of the local absolute path ``path``: every symbolic link resolved, as opening
+    it would. For a path that does not exist, its deepest existing parent is resolved and the rest
+    kept; a dangling link is followed to where it points. ``None`` for a path the system cannot
+    take (a NUL byte). A link loop is left as it is (opening it fails).
+
+    >>> local_realpath("/nonexistent-kvmap/a//b/")
+    '/nonexistent-kvmap/a/b'
+    """
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        return None
+
+
 class Roots:
     """Opens root URLs as (obstore store, object path), with caller options per URL prefix.
 
@@ -79,14 +99,15 @@ class Roots:
         self._stores: dict[tuple[str, str, str, str | None], ObjectStore] = {}
         self._memo: dict[str, tuple[ObjectStore, str]] = {}
 
-    def open(self, url: str) -> tuple[ObjectStore, str]:
+    def open(self, url: str, *, directory: bool = False) -> tuple[ObjectStore, str]:
         """The store holding the object at root URL ``url``, and its path in that store.
+        With ``directory``, ``url`` may name a store's root (path ``""``), to list it.
 
         Raises :class:`~kvmap.PipelineError` for an unsupported scheme, a
         malformed URL or one that names no object.
         """
         found = self._memo.get(url)
-        if found is not None:
+        if found is not None and (found[1] or directory):
             return found
         m = _URL.match(url)
         if m is None:
@@ -104,7 +125,7 @@ class Roots:
             bucket, _, path = path.partition("/")
         elif scheme == "file" and authority not in ("", "localhost"):
             raise PipelineError(f"{url!r}: a file URL names no host (file:///path)")
-        if not path or (not bucket and scheme in ("s3+http", "s3+https")):
+        if (not path and not directory) or (not bucket and scheme in ("s3+http", "s3+https")):
             raise PipelineError(f"{url!r} names no object")
         prefix = next((p for p in self._prefixes if url.startswith(p)), None)
         ident = (scheme, authority, bucket, prefix)

@@ -8,6 +8,7 @@ import json
 import pickle
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -294,6 +295,7 @@ def web(http_server: RangeHTTPServer) -> tuple[RangeHTTPServer, str]:
         {"key": "e500", "path": f"/status-500/{name}/data.bin"},
         {"key": "e403", "path": f"/status-403/{name}/data.bin"},
         {"key": "short", "path": "data.bin", "offset": 4090, "length": 100},
+        {"key": "slow", "path": f"/slow/{name}/data.bin", "offset": 16, "length": 16},
     ]
     (http_server.root / name / "m.json").write_text(json.dumps(entries))
     return http_server, f"{http_server.url}{name}/m.json"
@@ -319,6 +321,26 @@ def test_failures_raise_and_name_key_entry_and_url(web: tuple[RangeHTTPServer, s
         assert info.value.url is not None
         assert info.value.url.startswith(server.url)
         assert pickle.loads(pickle.dumps(info.value)).url == info.value.url
+
+
+def test_a_client_timeout_is_a_target_error_naming_key_entry_and_url(
+    web: tuple[RangeHTTPServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, url = web
+    monkeypatch.setattr(server, "slow_seconds", 1.5)  # the server answers /slow/ long after the client gives up
+    stores = {server.url: {"client_options": {"timeout": "200ms"}, "retry_config": NO_RETRIES}}
+    r = kvmap.Reader(url, stores=stores)
+    assert bytes(r.get_sync("ok")) == DATA[16:32]  # the timeout leaves prompt answers alone
+    reads = (lambda: r.get_sync("slow"), lambda: asyncio.run(r.get("slow")), lambda: r.get_many_sync(["ok", "slow"]))
+    for read in reads:
+        started = time.perf_counter()
+        with pytest.raises(kvmap.TargetError, match=r"(?i)timed ?out|timeout") as info:
+            read()
+        assert time.perf_counter() - started < 1.0  # the client's timeout, not the server's answer
+        assert (info.value.key, info.value.manifest, info.value.entry) == ("slow", url, 5)
+        assert info.value.url == f"{server.url}slow/{url.removeprefix(server.url).rsplit('/', 1)[0]}/data.bin"
+        assert "key 'slow'" in str(info.value)
+        assert f"{url} entry 5" in str(info.value)
 
 
 # -- policy through the reader (the corpus lives in test_policy.py) ---------------------------

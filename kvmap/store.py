@@ -1,0 +1,267 @@
+"""A manifest as a zarr v3 store: :class:`KVMapStore`.
+
+Reads go through a :class:`~kvmap.Reader` (chained manifests, the security
+policy, batched and coalesced reads through obstore). Listings list the
+composite namespace (:mod:`kvmap.listing`). Writes follow redirects like
+symlinks: a key whose entry is a prefix or range redirect — or an exact key
+naming a whole object — is written to, or deleted from, the object its URL
+names; any other key refuses the write with a :class:`~kvmap.WriteError`.
+
+>>> import json, kvmap, obstore, zarr
+>>> _ = obstore.put(kvmap.memory_store("store-doc"), "t/zarr.json",
+...                 json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"units": "K"}}).encode())
+>>> m = kvmap.Manifest.from_json([{"prefix": "", "path": "memory://store-doc/t/"}], url="memory://store-doc/m.json")
+>>> store = kvmap.KVMapStore(m)
+>>> zarr.open_group(store, mode="r").attrs["units"]
+'K'
+>>> _ = zarr.create_array(store, name="x", shape=(4,), chunks=(2,), dtype="i4", fill_value=7)
+>>> sorted(meta["path"] for meta in obstore.list(kvmap.memory_store("store-doc"), "t/").collect())
+['t/x/zarr.json', 't/zarr.json']
+>>> sorted(zarr.open_group(store).array_keys())
+['x']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
+
+import obstore
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+
+from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, ByteRange
+from kvmap.errors import WriteError
+from kvmap.manifest import Manifest
+from kvmap.reader import Explained, Reader, manifest_url
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
+__all__ = ["KVMapStore"]
+
+
+class KVMapStore(Store):
+    """The composite namespace of a manifest, as a zarr v3 store.
+
+    ``target`` is what :class:`~kvmap.Reader` opens: a manifest path or URL, a
+    pipeline ending in ``|kvmap:`` (its path is a key prefix), or a
+    :class:`~kvmap.Manifest`. ``allow``, ``allow_all``, ``stores``, ``max_depth``
+    and ``cache_size`` are the Reader's. The store pickles by this configuration
+    and equals its unpickled copy.
+
+    Missing keys read as ``None``; every failure raises a :class:`~kvmap.KvmapError`
+    (zarr would otherwise fill the chunk with its fill value). Writes to a key
+    whose entry cannot take them raise :class:`~kvmap.WriteError`; in read-only
+    mode every write raises ``ValueError``, as zarr's stores do.
+    """
+
+    supports_writes = True
+    supports_deletes = True
+    supports_listing = True
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | Manifest,
+        *,
+        read_only: bool = False,
+        allow: Collection[str] = (),
+        allow_all: bool = False,
+        stores: Mapping[str, Mapping[str, Any]] | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        super().__init__(read_only=read_only)
+        if not isinstance(target, Manifest):
+            target = manifest_url(target)  # absolute: the store means the same thing anywhere
+        self.reader = Reader(
+            target, allow=allow, allow_all=allow_all, stores=stores, max_depth=max_depth, cache_size=cache_size
+        )
+
+    @property
+    def target(self) -> str | Manifest:
+        """The manifest this store serves: its URL (or pipeline), or the :class:`~kvmap.Manifest`."""
+        return self.reader.target  # type: ignore[return-value]
+
+    def _config(self) -> tuple[Any, ...]:
+        options = self.reader.options
+        return (self.reader.target, sorted(options.items(), key=lambda kv: kv[0]))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, KVMapStore)
+            and self.read_only == other.read_only
+            and type(self.target) is type(other.target)
+            and self._config() == other._config()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"KVMapStore({self.reader._doc!r}, read_only={self.read_only})"
+
+    def __str__(self) -> str:
+        return f"kvmap://{self.reader._doc}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The Reader pickles by configuration; caches and connections are rebuilt.
+        return {"reader": self.reader, "read_only": self._read_only, "is_open": self._is_open}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.reader = state["reader"]
+        self._read_only = state["read_only"]
+        self._is_open = state["is_open"]
+
+    def with_read_only(self, read_only: bool = False) -> Self:
+        """The same store (sharing its caches and connections), read-only or not; not yet open."""
+        other = object.__new__(type(self))
+        Store.__init__(other, read_only=read_only)
+        other.reader = self.reader
+        return other
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        """The value of ``key`` (within ``byte_range``), or ``None`` if it does not exist."""
+        data = await self.reader.get(key, _byte_range(byte_range))
+        return None if data is None else prototype.buffer.from_bytes(data)  # type: ignore[arg-type]
+
+    def get_sync(
+        self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """:meth:`get` without an event loop."""
+        data = self.reader.get_sync(key, _byte_range(byte_range))
+        proto = prototype or default_buffer_prototype()
+        return None if data is None else proto.buffer.from_bytes(data)  # type: ignore[arg-type]
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        """The values of ``key_ranges`` in input order (``None``: missing). Reads of one
+        object are grouped and coalesced into as few requests as obstore can make."""
+        pairs = list(key_ranges)
+        found = await self.reader.get_many([k for k, _ in pairs], [_byte_range(r) for _, r in pairs])
+        make = prototype.buffer.from_bytes
+        return [None if d is None else make(d) for d in found]  # type: ignore[arg-type]
+
+    async def get_ranges(
+        self,
+        key: str,
+        byte_ranges: Sequence[ByteRequest | None],
+        *,
+        prototype: BufferPrototype,
+        **_coalescing: int,
+    ) -> AsyncIterator[Sequence[tuple[int, Buffer | None]]]:
+        """Many byte ranges of ``key``, as one batch ``[(index, buffer), ...]`` (zarr >= 3.4).
+
+        kvmap reads them in one grouped request per object, which obstore coalesces;
+        zarr's coalescing options are accepted and left to obstore. Raises a
+        ``BaseExceptionGroup`` holding ``FileNotFoundError`` if ``key`` does not exist.
+        """
+        found = await self.reader.get_many([key] * len(byte_ranges), [_byte_range(r) for r in byte_ranges])
+        if any(d is None for d in found):
+            raise BaseExceptionGroup("chunk read failed", [FileNotFoundError(key)])
+        make = prototype.buffer.from_bytes
+        yield [(i, make(d)) for i, d in enumerate(found)]  # type: ignore[arg-type]
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` has a value (its target object exists)."""
+        return await self.reader.size(key) is not None
+
+    async def getsize(self, key: str) -> int:
+        """The size of ``key``'s value in bytes. Raises ``FileNotFoundError`` if it does not exist."""
+        size = await self.reader.size(key)
+        if size is None:
+            raise FileNotFoundError(key)
+        return size
+
+    # -- listing ----------------------------------------------------------------------
+
+    async def list(self) -> AsyncIterator[str]:
+        """Every key of the composite namespace, sorted (see :mod:`kvmap.listing`)."""
+        for key in await self.reader.list_prefix(""):
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        """The keys that start with ``prefix``, sorted."""
+        for key in await self.reader.list_prefix(prefix):
+            yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        """The immediate children of directory ``prefix`` (with or without its ``/``), sorted."""
+        directory = prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
+        for name in await self.reader.list_dir(directory):
+            yield name
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def set(self, key: str, value: Buffer) -> None:
+        """Write ``value`` to the object ``key`` redirects to.
+
+        Raises ``ValueError`` if the store is read-only, :class:`~kvmap.WriteError`
+        if ``key``'s entry cannot take writes.
+        """
+        self._check_writable()
+        store, path = self._writable(await self.reader.explain(key))
+        await obstore.put_async(store, path, value.as_buffer_like())
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        """:meth:`set` without an event loop."""
+        self._check_writable()
+        store, path = self._writable(self.reader.explain_sync(key))
+        obstore.put(store, path, value.as_buffer_like())
+
+    async def delete(self, key: str) -> None:
+        """Delete the object ``key`` redirects to (nothing if there is none).
+
+        Raises as :meth:`set` does.
+        """
+        self._check_writable()
+        store, path = self._writable(await self.reader.explain(key))
+        with contextlib.suppress(FileNotFoundError):  # local stores raise it; S3 and memory do not
+            await obstore.delete_async(store, path)
+
+    def delete_sync(self, key: str) -> None:
+        """:meth:`delete` without an event loop."""
+        self._check_writable()
+        store, path = self._writable(self.reader.explain_sync(key))
+        with contextlib.suppress(FileNotFoundError):
+            obstore.delete(store, path)
+
+    def _writable(self, explained: Explained) -> tuple[ObjectStore, str]:
+        """The store and path a write of ``explained.key`` goes to, or a :class:`WriteError`."""
+        key, loc = explained.key, explained.location
+        hop = explained.hops[-1] if explained.hops else None
+        where: dict[str, Any] = {"key": key}
+        if hop is not None:
+            where.update(manifest=hop.manifest, entry=hop.entry, url=hop.url)
+        if loc is None:
+            if hop is None or hop.entry is None:
+                why = "no entry covers the key (map it with an entry, e.g. a prefix redirect, to write it)"
+            elif hop.url is None and not hop.inline:
+                why = "the entry is a whiteout"
+            else:
+                why = "the manifest its entry points into does not exist"
+            raise WriteError(f"cannot write: {why}", **where)
+        if loc.data is not None:
+            why = "the entry holds inline bytes" if hop is not None and hop.inline else "the value is a zip member"
+            raise WriteError(f"cannot write: {why}", **where)
+        if loc.offset or loc.length is not None:
+            raise WriteError("cannot write: the value is a byte window of a larger object", **where)
+        assert loc.url is not None
+        return self.reader.roots.open(loc.url)
+
+
+def _byte_range(request: ByteRequest | None) -> ByteRange | None:
+    """zarr's byte request as kvmap's ``(start, end)`` form."""
+    if request is None:
+        return None
+    if isinstance(request, RangeByteRequest):
+        return (request.start, request.end)
+    if isinstance(request, OffsetByteRequest):
+        return (request.offset, None)
+    if isinstance(request, SuffixByteRequest):
+        return (None, request.suffix)
+    raise TypeError(f"Unexpected byte_range, got {request!r}")
