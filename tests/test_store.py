@@ -319,27 +319,39 @@ def test_composite_group_local_and_s3(tmp_path: Path, s3_server: S3Server) -> No
     assert ds.attrs["title"] == "composite"
 
 
-def test_chunk_patch_shows_only_the_patched_chunks(tmp_path: Path) -> None:
-    base = np.zeros((4, 4), dtype="i4")
-    _array(zarr.storage.LocalStore(tmp_path / "base.zarr"), None, base, (2, 2))
-    # Replacement chunks: one whole object, one byte window of a packed file.
-    patch = zarr.create_array(zarr.storage.LocalStore(tmp_path / "patch.zarr"), shape=(4, 4), chunks=(2, 2), dtype="i4")
-    patch[...] = np.arange(16, dtype="i4").reshape(4, 4) + 100
-    chunk = (tmp_path / "patch.zarr" / "c" / "1" / "1").read_bytes()
-    (tmp_path / "packed.bin").write_bytes(b"HEADER" + chunk + b"TRAILER")
-    m = _save(
-        tmp_path / "m.json",
-        [
-            {"prefix": "", "path": "base.zarr/"},
-            {"key": "c/0/1", "path": "patch.zarr/c/0/1"},
-            {"key": "c/1/1", "path": "packed.bin", "offset": 6, "length": len(chunk)},
-        ],
-    )
-    got = zarr.open_array(KVMapStore(m, read_only=True), mode="r")[...]
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_chunk_patch_shows_only_the_patched_chunks(tmp_path: Path, s3_server: S3Server, where: str) -> None:
+    """A default prefix onto the base array (local, or in the S3 bucket next to the manifest)
+    plus exact overrides of two chunks: one whole object, one byte window of a packed file."""
+    base = np.full((4, 4), 7, dtype="i4")  # not the fill value: zarr writes every chunk
+    patch = np.arange(16, dtype="i4").reshape(4, 4) + 100
+    _array(zarr.storage.LocalStore(tmp_path / "patch.zarr"), None, patch, (2, 2))
+    chunks = {k: (tmp_path / "patch.zarr" / "c" / k).read_bytes() for k in ("0/1", "1/1")}
+    packed = b"HEADER" + chunks["1/1"] + b"TRAILER"
+    entries = [
+        {"prefix": "", "path": "base.zarr/"},
+        {"key": "c/0/1", "path": "patch.zarr/c/0/1"},
+        {"key": "c/1/1", "path": "packed.bin", "offset": 6, "length": len(chunks["1/1"])},
+    ]
+    if where == "local":
+        _array(zarr.storage.LocalStore(tmp_path / "base.zarr"), None, base, (2, 2))
+        (tmp_path / "packed.bin").write_bytes(packed)
+        store = KVMapStore(_save(tmp_path / "m.json", entries), read_only=True)
+    else:
+        bucket = f"patch-{uuid.uuid4().hex[:12]}"
+        s3_server.create_bucket(bucket)
+        root, stores = _s3(s3_server)
+        _array(zarr.storage.ObjectStore(s3_server.store(bucket, prefix="base.zarr")), None, base, (2, 2))
+        s3_server.put(bucket, "packed.bin", packed)
+        s3_server.put(bucket, "patch.zarr/c/0/1", chunks["0/1"])
+        s3_server.put(bucket, "m.json", json.dumps(entries).encode())
+        store = KVMapStore(f"{root}{bucket}/m.json", read_only=True, stores=stores)
+    got = zarr.open_array(store, mode="r")[...]
     want = base.copy()
     want[0:2, 2:4] = patch[0:2, 2:4]
     want[2:4, 2:4] = patch[2:4, 2:4]
     np.testing.assert_array_equal(got, want)
+    assert _keys(store, "c/") == ["c/0/0", "c/0/1", "c/1/0", "c/1/1"]
 
 
 def test_redirect_config_writes_land_in_the_redirected_places(tmp_path: Path, s3_server: S3Server) -> None:
@@ -375,24 +387,30 @@ def test_redirect_config_writes_land_in_the_redirected_places(tmp_path: Path, s3
     assert _children(store, "cold/b/c/0/") == ["0", "1", "2", "3", "4"]
 
 
-def test_dask_on_a_local_cluster_with_worker_processes(tmp_path: Path) -> None:
+def test_dask_on_a_local_cluster_with_worker_processes(tmp_path: Path, s3_server: S3Server) -> None:
+    """The store travels to worker processes by pickle, and reads there: local and S3 data."""
     import dask.array as da
     from distributed import Client, LocalCluster
 
     values = np.arange(10_000, dtype="f8").reshape(100, 100)
-    (tmp_path / "packed").mkdir()
     _array(zarr.storage.LocalStore(tmp_path / "data.zarr"), None, values, (10, 25))
-    m = _save(tmp_path / "m.json", [{"prefix": "", "path": "data.zarr/"}])
-    arr = zarr.open_array(KVMapStore(m, read_only=True), mode="r")
+    local = KVMapStore(_save(tmp_path / "m.json", [{"prefix": "", "path": "data.zarr/"}]), read_only=True)
+    bucket = f"dask-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(bucket)
+    root, stores = _s3(s3_server)
+    _array(zarr.storage.ObjectStore(s3_server.store(bucket, prefix="data.zarr")), None, values * 2, (25, 10))
+    s3_server.put(bucket, "m.json", json.dumps([{"prefix": "", "path": "data.zarr/"}]).encode())
+    remote = KVMapStore(f"{root}{bucket}/m.json", read_only=True, stores=stores)
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        lazy = da.from_zarr(arr)
-        total = client.compute(lazy.sum()).result()
-        block = client.compute(lazy[37:83, 5:91]).result()
+        lazy = da.from_zarr(zarr.open_array(local, mode="r"))
+        total, block = client.compute([lazy.sum(), lazy[37:83, 5:91]], sync=True)
+        doubled = client.compute(da.from_zarr(zarr.open_array(remote, mode="r")), sync=True)
     assert total == values.sum()
     np.testing.assert_array_equal(block, values[37:83, 5:91])
+    np.testing.assert_array_equal(doubled, values * 2)
 
 
 def test_zarr_url_adapter_entry_points(tmp_path: Path) -> None:
