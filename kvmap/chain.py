@@ -453,7 +453,21 @@ class Chain:
         except ResolveError:
             raise
         except Exception as exc:  # obstore's errors, and a URL the roots cannot open
-            raise TargetError(f"{type(exc).__name__}: {exc}", key=walk.key, **_origin_of(walk), url=read.url) from exc
+            raise TargetError(describe(exc), key=walk.key, **_origin_of(walk), url=read.url) from exc
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line account of an I/O failure: its type and first line (obstore appends a
+    multi-line debug dump, kept on the chained exception), naming a timeout if it was one.
+
+    >>> describe(OSError("error sending request\\n\\nDebug source:\\nTimedOut"))
+    'OSError: error sending request (timed out)'
+    """
+    text = str(exc)
+    first = text.split("\n", 1)[0].strip()
+    if "timed out" not in first.lower() and any(w in text for w in ("TimedOut", "timed out", "Timeout")):
+        first += " (timed out)"
+    return f"{type(exc).__name__}: {first}"
 
 
 def clamp(byte_range: ByteRange | None, length: int) -> tuple[int, int]:

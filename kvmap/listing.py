@@ -37,13 +37,14 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvmap.chain import Chain, Location, Read, Walk
 from kvmap.compiled import CompiledMap, RangeTarget
 from kvmap.errors import ChainError, PipelineError
 from kvmap.keyrange import KeyRange, key_successor, prefix_range, range_common_prefix_length
 from kvmap.pipeline import Pipeline
+from kvmap.zipindex import ZipIndex
 
 __all__ = ["List", "children", "keys"]
 
@@ -142,10 +143,22 @@ def _piece_keys(chain: Chain, cm: CompiledMap, doc: str, piece: RangeTarget, lim
     return found
 
 
-def _open(chain: Chain, doc: str, entry: int, url: str, depth: int) -> Generator[Read, Any, tuple[Any, str]]:
-    """What the target URL prefix ``url`` of ``entry`` names: ``("root", url)``, or the
-    namespace of its last adapter — ``(CompiledMap, doc)``, ``(ZipIndex, "zip")`` —
-    and the path inside it. ``(None, "")``: the namespace does not exist."""
+class _Space(NamedTuple):
+    """What a target URL prefix names: a store's objects under ``url`` (``kind`` "root"),
+    the keys under ``path`` of a nested manifest ``cm`` found at ``doc``, or the members
+    under ``path`` of a zip archive ``zip``; kind "none": nothing (it does not exist)."""
+
+    kind: str
+    url: str = ""
+    path: str = ""
+    cm: CompiledMap | None = None
+    doc: str = ""
+    zip: ZipIndex | None = None
+
+
+def _open(chain: Chain, doc: str, entry: int, url: str) -> Generator[Read, Any, _Space]:
+    """The namespace the target URL prefix ``url`` of ``entry`` (in ``doc``) names.
+    Raises :class:`~kvmap.PolicyError` if ``doc`` may not reach it."""
     walk = Walk(None)
     try:
         pipe = Pipeline.parse(url)
@@ -153,47 +166,46 @@ def _open(chain: Chain, doc: str, entry: int, url: str, depth: int) -> Generator
         raise PipelineError(f"{doc} entry {entry}: {exc}") from None
     chain.check(pipe.root, doc, entry, walk)
     if not pipe.adapters:
-        return "root", url
+        return _Space("root", url)
     left = Pipeline(pipe.root, pipe.adapters[:-1])
     loc: Location | None = yield from chain.locate(left, walk)
-    if loc is None:
-        return None, ""
     last = pipe.adapters[-1]
-    if last.kind == "zip":
+    if loc is not None and last.kind == "zip":
         index = yield from chain.zip_index(loc, walk)
-        return (None, "") if index is None else (index, last.path)
-    inner = left.format()
-    cm = yield from chain.manifest(loc, inner, last.name, walk, required=False)
-    return (None, "") if cm is None else ((cm, inner), last.path)
+        return _Space("zip" if index is not None else "none", path=last.path, zip=index)
+    if loc is not None:
+        cm = yield from chain.manifest(loc, left.format(), last.name, walk, required=False)
+        return _Space("manifest" if cm is not None else "none", path=last.path, cm=cm, doc=left.format())
+    return _Space("none")
 
 
 def _target_keys(chain: Chain, doc: str, entry: int, url: str, prefix: str, limit: int | None, depth: int) -> _Lister:
     """Names ``n`` starting with ``prefix`` such that ``url + n`` exists, sorted."""
-    space, path = yield from _open(chain, doc, entry, url, depth)
-    if space is None:
-        return []
-    if space == "root":
+    space = yield from _open(chain, doc, entry, url)
+    if space.kind == "root":
         names: list[str] = yield List(url, prefix, limit=limit)
         return sorted(names)
-    if isinstance(space, tuple):
-        cm, inner = space
-        found = yield from keys(chain, cm, inner, path + prefix, limit=limit, depth=depth + 1)
-        return [k[len(path) :] for k in found]
-    return sorted(name[len(path) :] for name in space.members if name.startswith(path + prefix))
+    if space.cm is not None:
+        found = yield from keys(chain, space.cm, space.doc, space.path + prefix, limit=limit, depth=depth + 1)
+        return [k[len(space.path) :] for k in found]
+    if space.zip is not None:
+        start = space.path + prefix
+        return sorted(name[len(space.path) :] for name in space.zip.members if name.startswith(start))
+    return []
 
 
 def _target_children(chain: Chain, doc: str, piece: RangeTarget, directory: str, depth: int) -> _Lister:
     """The immediate child names below ``directory`` in the target of ``piece``."""
-    space, path = yield from _open(chain, doc, piece.entry, piece.url, depth)
-    if space is None:
-        return set()
-    if space == "root" and piece.url.endswith("/"):
+    space = yield from _open(chain, doc, piece.entry, piece.url)
+    inner = space.path + directory
+    if space.kind == "root" and piece.url.endswith("/"):
         # A target that is a whole directory maps directories onto directories: one level.
         dirs, objects = yield List(piece.url, directory, delimiter=True)
         return {*dirs, *objects}
-    if isinstance(space, tuple) and (path + directory == "" or (path + directory).endswith("/")):
-        cm, inner = space
-        return set((yield from children(chain, cm, inner, path + directory, depth=depth + 1)))
+    if space.cm is not None and (inner == "" or inner.endswith("/")):
+        return set((yield from children(chain, space.cm, space.doc, inner, depth=depth + 1)))
+    if space.kind == "none":
+        return set()
     names = yield from _target_keys(chain, doc, piece.entry, piece.url, directory, None, depth)
     return {_first_segment(n, directory) for n in names}
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import obstore
 
 from kvmap import listing
-from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, ByteRange, Chain, Hop, Location, Read, Walk
+from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, ByteRange, Chain, Hop, Location, Read, Walk, describe
 from kvmap.compiled import CompiledMap, compile
 from kvmap.errors import TargetError
 from kvmap.listing import List
@@ -376,7 +376,7 @@ class Reader:
                     break
             return names
         except Exception as exc:
-            raise TargetError(f"listing failed: {type(exc).__name__}: {exc}", url=r.url) from exc
+            raise TargetError(f"listing failed: {describe(exc)}", url=r.url) from exc
 
     def _list_sync(self, r: List) -> Any:
         store, base, full = self._list_where(r)
@@ -392,7 +392,7 @@ class Reader:
                     break
             return names
         except Exception as exc:
-            raise TargetError(f"listing failed: {type(exc).__name__}: {exc}", url=r.url) from exc
+            raise TargetError(f"listing failed: {describe(exc)}", url=r.url) from exc
 
     def _list_where(self, r: List) -> tuple[ObjectStore, str, str]:
         try:
