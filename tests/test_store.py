@@ -453,3 +453,25 @@ def test_ranges_past_the_end_of_a_redirected_object_are_empty(tmp_path: Path) ->
     got_many = sync(store.get_partial_values(default_buffer_prototype(), batch))
     assert [None if g is None else g.to_bytes() for g in got_many] == [b"", b"\x02\x03", b"\x03\x04", None]
     assert store.reader.get_many_sync(["k", "k"], [(10, 20), (0, 2)]) == [b"", b"\x01\x02"]
+
+
+def test_get_ranges_one_batch_in_input_order(tmp_path: Path) -> None:
+    """zarr >= 3.4 asks a store for many ranges of one key; kvmap answers in one grouped read."""
+    data = bytes(range(100))
+    (tmp_path / "packed").write_bytes(data)
+    store = KVMapStore(_save(tmp_path / "m.json", [{"key": "shard", "path": "packed", "offset": 10, "length": 80}]))
+    requests = [RangeByteRequest(0, 4), SuffixByteRequest(3), OffsetByteRequest(78), None]
+
+    async def collect(key: str) -> list[Any]:
+        return [batch async for batch in store.get_ranges(key, requests, prototype=default_buffer_prototype())]
+
+    (batch,) = sync(collect("shard"))
+    assert [(i, b.to_bytes()) for i, b in batch] == [
+        (0, data[10:14]),
+        (1, data[87:90]),
+        (2, data[88:90]),
+        (3, data[10:90]),
+    ]
+    with pytest.raises(BaseExceptionGroup) as info:
+        sync(collect("missing"))
+    assert info.group_contains(FileNotFoundError)
