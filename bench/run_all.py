@@ -11,8 +11,9 @@ import bench_memory
 import bench_read
 import bench_resolve
 import bench_resolve_many
+import bench_store
 
-SCRIPTS = (bench_compile, bench_load, bench_resolve, bench_resolve_many, bench_read, bench_memory)
+SCRIPTS = (bench_compile, bench_load, bench_resolve, bench_resolve_many, bench_read, bench_store, bench_memory)
 
 
 def main() -> None:

@@ -295,9 +295,13 @@ class Chain:
         return cm
 
     def forget(self) -> None:
-        """Drop every cached manifest, zip directory and policy decision."""
+        """Drop every cached manifest, zip directory and policy decision (and the real paths
+        the policy remembered)."""
         for cache in (self._maps, self._zips, self._offsets, self._decisions):
             cache._items.clear()
+        forget = getattr(self.policy.realpath, "forget", None)
+        if forget is not None:
+            forget()
 
     # -- zip archives -----------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote
 
 from kvmap.errors import PolicyError
@@ -109,6 +110,7 @@ def origin(manifest: str) -> str | None:
     return None if place is None else _render(place)
 
 
+@lru_cache(maxsize=1024)  # asked for every target a manifest names
 def _origin_place(manifest: str) -> _Place | None:
     place = _place(manifest.partition(PIPELINE_SEPARATOR)[0], directory=True)
     if isinstance(place, str):

@@ -43,7 +43,7 @@ from kvmap.listing import List
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
-from kvmap.roots import Roots, local_realpath
+from kvmap.roots import RealPaths, Roots
 from kvmap.url import is_absolute
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class Reader:
             "cache_size": cache_size,
         }
         # file:// targets are held to real paths: a symbolic link cannot lead out of what allows them.
-        policy = Policy(allow, allow_all=allow_all, realpath=local_realpath)
+        policy = Policy(allow, allow_all=allow_all, realpath=RealPaths())
         self.chain = Chain(policy, max_depth=max_depth, cache_size=cache_size)
         self.roots = Roots(stores)
         self._map: CompiledMap | None = None

@@ -47,7 +47,7 @@ from kvmap.errors import PipelineError
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore
 
-__all__ = ["Roots", "local_realpath", "memory_store"]
+__all__ = ["RealPaths", "Roots", "local_realpath", "memory_store"]
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(/[^?#]*)?\Z", re.S)
 _SCHEMES = ("file", "memory", "s3", "s3+http", "s3+https", "gs", "az", "http", "https")
@@ -80,6 +80,55 @@ def local_realpath(path: str) -> str | None:
         return os.path.realpath(path)
     except (OSError, ValueError):
         return None
+
+
+class RealPaths:
+    """:func:`local_realpath` with the real paths of directories remembered (at most ``size``).
+
+    A target's real path is its directory's (remembered) joined with its name, unless the
+    name is itself a link; so a prefix redirect over many files costs one ``lstat`` per
+    file, not one per path component. Like the policy decisions it serves, what it
+    remembers is not re-checked until :meth:`forget`. All instances are equal: they give
+    the same answers.
+    """
+
+    __slots__ = ("_dirs", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._dirs: dict[str, str | None] = {}
+
+    def __call__(self, path: str) -> str | None:
+        parent, _, name = path.rpartition("/")
+        if name in ("", ".", "..") or not parent:
+            return local_realpath(path)
+        try:
+            if os.path.islink(path):
+                return local_realpath(path)
+        except ValueError:  # a NUL byte
+            return None
+        real = self._dirs.get(parent)
+        if real is None:
+            real = local_realpath(parent)
+            if real is None:
+                return None
+            if len(self._dirs) >= self.size:
+                self._dirs.clear()
+            self._dirs[parent] = real
+        return f"{real.rstrip('/')}/{name}"
+
+    def forget(self) -> None:
+        """Drop every remembered directory."""
+        self._dirs.clear()
+
+    def __repr__(self) -> str:
+        return "RealPaths()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RealPaths)
+
+    def __hash__(self) -> int:
+        return hash(RealPaths)
 
 
 class Roots:

@@ -17,7 +17,7 @@ import obstore
 import pytest
 
 import kvmap
-from kvmap.roots import local_realpath
+from kvmap.roots import RealPaths, local_realpath
 
 SECRET = b"SECRET-outside"
 
@@ -277,7 +277,30 @@ def test_the_policy_itself_is_text_only_unless_given_a_realpath(disk: Path) -> N
     assert hash(real) == hash(kvmap.Policy(realpath=local_realpath))
     assert pickle.loads(pickle.dumps(real)) == real
     assert "realpath=kvmap.roots.local_realpath" in repr(real)
-    assert kvmap.Reader(disk / "home" / "m.json").policy == real
+    assert kvmap.Reader(disk / "home" / "m.json").policy == kvmap.Policy(realpath=RealPaths())
+
+
+def test_real_paths_remembered_by_directory_agree_with_realpath(disk: Path) -> None:
+    """The Reader's resolver remembers directories; each answer must be local_realpath's."""
+    (disk / "home" / "link").symlink_to(disk / "outside")
+    (disk / "home" / "data" / "file-link").symlink_to(disk / "outside" / "secret")
+    (disk / "home" / "data" / "dangling").symlink_to(disk / "nowhere" / "x")
+    real = RealPaths(size=2)
+    paths = [
+        disk / "home" / "data" / "ok",
+        disk / "home" / "link" / "secret",
+        disk / "home" / "link" / "new" / "file",
+        disk / "home" / "data" / "file-link",
+        disk / "home" / "data" / "dangling",
+        disk / "home" / "data" / "missing",
+        disk / "home" / "data",
+    ]
+    for _ in range(2):  # the second pass answers from what the first remembered (size 2 evicts too)
+        for path in paths:
+            assert real(str(path)) == local_realpath(str(path)), path
+    assert real("/a\0b") is None
+    real.forget()
+    assert real(str(paths[1])) == local_realpath(str(paths[1]))
 
 
 def test_local_realpath() -> None:

@@ -341,7 +341,8 @@ def test_a_client_timeout_is_a_target_error_naming_key_entry_and_url(
         assert info.value.url == f"{server.url}slow/{url.removeprefix(server.url).rsplit('/', 1)[0]}/data.bin"
         assert "key 'slow'" in str(info.value)
         assert f"{url} entry 5" in str(info.value)
-        assert str(info.value).endswith("(timed out)") and "\n" not in str(info.value)  # one line, says why
+        assert str(info.value).endswith("(timed out)")
+        assert "\n" not in str(info.value)
 
 
 # -- policy through the reader (the corpus lives in test_policy.py) ---------------------------
