@@ -16,6 +16,8 @@ from typing import Any
 
 import obstore
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kvmap
 from kvmap.chain import clamp
@@ -407,3 +409,54 @@ def test_cli_explain_shows_the_chain(local: Path) -> None:
     assert "inner.json" in chain[1]
     assert chain[-1].startswith("resolves to: ")
     assert "[offset 100, length 50]" in chain[-1]
+
+
+# -- get()'s fast path gives what the walk gives ---------------------------------------------
+
+_ranges = st.one_of(
+    st.none(),
+    st.tuples(st.integers(0, 12), st.integers(0, 12)),
+    st.tuples(st.integers(0, 12), st.none()),
+    st.tuples(st.none(), st.integers(1, 12)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=st.lists(
+        st.one_of(
+            st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.sampled_from(["o1", "o2", "gone"])}),
+            st.fixed_dictionaries(
+                {
+                    "key": st.sampled_from("abc"),
+                    "path": st.sampled_from(["o1", "o2", "gone"]),
+                    "offset": st.integers(0, 8),
+                    "length": st.integers(0, 8),
+                }
+            ),
+            st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.none()}),
+            st.fixed_dictionaries({"key": st.sampled_from("abc"), "data": st.sampled_from(["", "aGVsbG8="])}),
+            st.fixed_dictionaries({"prefix": st.sampled_from(["", "b"]), "path": st.sampled_from(["./", "o"])}),
+            st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.just("inner.json|kvmap:x")}),
+        ),
+        max_size=5,
+    ),
+    key=st.sampled_from(["a", "b", "c", "1", "2"]),
+    byte_range=_ranges,
+)
+def test_the_fast_path_gives_what_the_walk_gives(entries: list[dict[str, Any]], key: str, byte_range: Any) -> None:
+    store = kvmap.memory_store("fast-path")
+    for name, data in [("o1", b"0123456789"), ("o2", b"abc"), ("inner.json", b'[{"key": "x", "path": "o1"}]')]:
+        obstore.put(store, name, data)
+    reader = kvmap.Reader(kvmap.Manifest.from_json(entries, url="memory://fast-path/m.json"))
+
+    def outcome(read: Any) -> Any:
+        try:
+            got = read()
+        except kvmap.KvmapError as exc:
+            return type(exc), exc.args
+        return None if got is None else bytes(got)
+
+    walk = outcome(lambda: reader._drive_sync(reader._get(key, byte_range)))
+    assert outcome(lambda: reader.get_sync(key, byte_range)) == walk
+    assert outcome(lambda: asyncio.run(reader.get(key, byte_range))) == walk
