@@ -13,6 +13,10 @@ An exact key wins over every earlier entry and loses to every later one: at
 compile time an exact key that a later prefix or range entry covers is moved out
 of the table, so at resolve time a table hit is always the winner.
 
+Where the optional C extension ``kvmap._speedups`` is built, the range pieces
+are also compiled into its ``RangeIndex``, which does the bisect and builds the
+answer in C (same results; ``KVMAP_PURE_PYTHON=1`` turns it off).
+
 >>> cm = compile([{"prefix": "", "path": "s3://bucket/array/"},
 ...               {"key": "c/0/0", "path": "s3://bucket/patch.bin", "offset": 100, "length": 42}])
 >>> cm.resolve("c/0/0")
@@ -26,12 +30,13 @@ Resolution(entry=1, url='s3://bucket/patch.bin', offset=100, length=42, data=Non
 from __future__ import annotations
 
 import heapq
+import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from itertools import repeat
 from operator import add, getitem
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +48,9 @@ from kvmap.keyrange import KeyRange, key_successor, prefix_successor
 from kvmap.keytable import MAX_KEY_LENGTH, KeyTable, KeyTooLongError
 from kvmap.manifest import Manifest
 from kvmap.url import REMAINDER_SAFE, encode_remainder, resolve_target
+
+if TYPE_CHECKING:
+    from kvmap._speedups import RangeIndex
 
 __all__ = ["CompiledMap", "Explanation", "Piece", "RangeTarget", "Resolution", "compile"]
 
@@ -137,6 +145,7 @@ class CompiledMap:
     __slots__ = (
         "_bounds",
         "_columns",
+        "_index",
         "_inline",
         "_ranges",
         "_shadowed",
@@ -167,6 +176,7 @@ class CompiledMap:
     _ranges: list[tuple[int, KeyRange]]
     _shadowed: dict[str, list[int]]
     _columns: _PieceColumns | None
+    _index: RangeIndex[Resolution] | None  # the compiled range search, when kvmap._speedups is there
     _sorted_keys: tuple[list[str], list[str]] | None  # every exact key, and those with a value
 
     def __init__(self) -> None:
@@ -197,6 +207,11 @@ class CompiledMap:
         ranges = [(i, e) for i, e in manifest._others if e.selector != "key"]
         self._ranges = [(i, e.range) for i, e in ranges]
         self._bounds, self._winners, self._targets = _sweep(ranges, absolute)
+        self._index = None
+        if _RangeIndex is not None:
+            self._index = _RangeIndex(
+                self._bounds, self._targets, Resolution, encode_remainder, _check_key, REMAINDER_SAFE
+            )
         self._columns = None
         self._sorted_keys = None
         self._shadowed = {}
@@ -310,7 +325,7 @@ class CompiledMap:
         table = self._table.table if self._table is not None else None
         safe = REMAINDER_SAFE
 
-        def resolve_range(key: str) -> Resolution | None:
+        def resolve_range_python(key: str) -> Resolution | None:
             if not key.isascii():
                 _check_key(key)
             target = targets[bisect_right(bounds, key)]
@@ -320,6 +335,9 @@ class CompiledMap:
             if rest.strip(safe):  # encode_remainder's own test, inlined: most keys skip the call
                 rest = encode_remainder(rest)
             return _new(Resolution, (target[0], target[1] + rest, None, None, None))
+
+        # The same in C (kvmap/_speedups.c), when it is built.
+        resolve_range = resolve_range_python if self._index is None else self._index.resolve
 
         if find is None or table is None:
             return resolve_range
@@ -354,6 +372,9 @@ class CompiledMap:
         Raises :class:`~kvmap.InvalidKeyError` if any key holds a lone surrogate.
         """
         keys = keys if isinstance(keys, list) else list(keys)
+        if self._table is None and self._index is not None:
+            with paused_gc():  # one C call, which checks the keys itself
+                return self._index.resolve_many(keys)
         joined = "".join(keys)  # one join serves the checks below and the table's encoding
         if not joined.isascii():
             for key in keys:
@@ -401,8 +422,12 @@ class CompiledMap:
 
         ``joined`` may pass ``"".join`` of exactly those keys, if the caller has it.
         """
-        pieces = self._piece_columns()
         searched = [keys[k] for k in which.tolist()]
+        if self._index is not None:  # one C loop
+            resolved = self._index.resolve_many(searched)
+            out[which] = np.fromiter(resolved, dtype=object, count=len(resolved))
+            return
+        pieces = self._piece_columns()
         if joined is None:
             joined = "".join(searched)
         # Made only of unescaped characters (so no NUL either): the common case.
@@ -590,6 +615,22 @@ def _sweep(
         for w, c, url in zip(winners, chosen, urls, strict=True)
     ]
     return bounds, winners, targets
+
+
+def _load_speedups() -> type[RangeIndex[Any]] | None:
+    """kvmap._speedups' RangeIndex, or ``None`` when it is not built or ``KVMAP_PURE_PYTHON`` is set."""
+    if os.environ.get("KVMAP_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from kvmap import _speedups
+    except ImportError:
+        return None
+    return _speedups.RangeIndex
+
+
+#: The compiled range search (``kvmap/_speedups.c``), or ``None``: maps compiled while it is
+#: ``None`` resolve in pure Python (the tests set it so to check both ways).
+_RangeIndex = _load_speedups()
 
 
 def _invalid_key(key: str) -> InvalidKeyError:

@@ -27,21 +27,57 @@ def as_tuple(r: kvmap.Resolution | None, entry: dict[str, Any] | None) -> tuple[
     return (r.entry, r.url, r.offset, r.length, data)
 
 
-@given(manifest_and_keys())
-def test_resolve_matches_reference(case: tuple[list[dict[str, Any]], list[str]]) -> None:
-    entries, keys = case
+# The resolve properties are plain functions too: tests/test_pure_python.py runs them again with
+# kvmap's C fast path (kvmap._speedups) off.
+
+
+def check_resolve_matches_reference(entries: list[dict[str, Any]], keys: list[str]) -> None:
     cm = kvmap.compile(entries)
     for key in keys:
         r = cm.resolve(key)
         assert as_tuple(r, entries[r.entry] if r else None) == reference.expected(entries, key), key
 
 
-@given(manifest_and_keys())
-def test_resolve_many_equals_resolve(case: tuple[list[dict[str, Any]], list[str]]) -> None:
-    entries, keys = case
+def check_resolve_many_equals_resolve(entries: list[dict[str, Any]], keys: list[str]) -> None:
     cm = kvmap.compile(entries)
     assert cm.resolve_many(keys) == [cm.resolve(k) for k in keys]
     assert cm.resolve_many(iter(keys)) == [cm.resolve(k) for k in keys]
+
+
+def check_explain_lists_covering_entries_winner_first(entries: list[dict[str, Any]], keys: list[str]) -> None:
+    cm = kvmap.compile(entries)
+    for key in keys:
+        ex = cm.explain(key)
+        assert list(ex.entries) == reference.covering(entries, key)
+        assert ex.winner == (ex.entries[0] if ex.entries else None)
+        assert ex.resolution == cm.resolve(key)
+
+
+def check_resolve_many_in_bulk(entries: list[dict[str, Any]], keys: list[str]) -> None:
+    """Batches of at least 64 keys: the C path sorts them, the pure-Python one uses numpy."""
+    # NUL-free batches of at least 64 keys take numpy's searchsorted (see _range_positions).
+    keys = [k for k in keys if "\0" not in k] or ["a"]
+    keys = keys * (64 // len(keys) + 1)
+    cm = kvmap.compile(entries)
+    assert cm.resolve_many(keys) == [cm.resolve(k) for k in keys]
+    if cm._index is not None:
+        return
+    # The vectorised path was taken whenever it could be.
+    to_search = [k for k in keys if cm._table is None or cm._table.find(k) < 0]
+    usable = bool(cm._bounds) and not any(b.endswith("\0") for b in cm._bounds)
+    if len(to_search) >= 64 and cm._bounds:
+        assert cm._columns is not None
+        assert isinstance(cm._columns.bounds, np.ndarray) == usable
+
+
+@given(manifest_and_keys())
+def test_resolve_matches_reference(case: tuple[list[dict[str, Any]], list[str]]) -> None:
+    check_resolve_matches_reference(*case)
+
+
+@given(manifest_and_keys())
+def test_resolve_many_equals_resolve(case: tuple[list[dict[str, Any]], list[str]]) -> None:
+    check_resolve_many_equals_resolve(*case)
 
 
 @given(manifest_and_keys())
@@ -63,13 +99,7 @@ def test_pieces_are_sorted_disjoint_and_cover_exactly(case: tuple[list[dict[str,
 
 @given(manifest_and_keys())
 def test_explain_lists_covering_entries_winner_first(case: tuple[list[dict[str, Any]], list[str]]) -> None:
-    entries, keys = case
-    cm = kvmap.compile(entries)
-    for key in keys:
-        ex = cm.explain(key)
-        assert list(ex.entries) == reference.covering(entries, key)
-        assert ex.winner == (ex.entries[0] if ex.entries else None)
-        assert ex.resolution == cm.resolve(key)
+    check_explain_lists_covering_entries_winner_first(*case)
 
 
 @given(manifests)
@@ -92,16 +122,5 @@ def test_remainder_encoding_round_trips(text: str) -> None:
 
 
 @given(manifest_and_keys())
-def test_resolve_many_vectorised_range_search_equals_resolve(case: tuple[list[dict[str, Any]], list[str]]) -> None:
-    entries, keys = case
-    # NUL-free batches of at least 64 keys take numpy's searchsorted (see _range_positions).
-    keys = [k for k in keys if "\0" not in k] or ["a"]
-    keys = keys * (64 // len(keys) + 1)
-    cm = kvmap.compile(entries)
-    assert cm.resolve_many(keys) == [cm.resolve(k) for k in keys]
-    # The vectorised path was taken whenever it could be.
-    to_search = [k for k in keys if cm._table is None or cm._table.find(k) < 0]
-    usable = bool(cm._bounds) and not any(b.endswith("\0") for b in cm._bounds)
-    if len(to_search) >= 64 and cm._bounds:
-        assert cm._columns is not None
-        assert isinstance(cm._columns.bounds, np.ndarray) == usable
+def test_resolve_many_in_bulk_equals_resolve(case: tuple[list[dict[str, Any]], list[str]]) -> None:
+    check_resolve_many_in_bulk(*case)
