@@ -227,7 +227,7 @@ class Reader:
                 data = await self._read_async(read)
             except Exception:
                 data = _WALK  # the walk reads again and reports the failure with its context
-            if data is None or (data is not _WALK and (want is None or len(data) == want)):
+            if _answers(data, want):
                 return data  # type: ignore[no-any-return]
         return await self._drive(self._get(key, byte_range))
 
@@ -355,7 +355,7 @@ class Reader:
                 data = self._read_sync(read)
             except Exception:
                 data = _WALK
-            if data is None or (data is not _WALK and (want is None or len(data) == want)):
+            if _answers(data, want):
                 return data  # type: ignore[no-any-return]
         return self._drive_sync(self._get(key, byte_range))  # type: ignore[no-any-return]
 
@@ -472,6 +472,11 @@ class Reader:
         except Exception as exc:
             raise TargetError(f"cannot list: {exc}", url=r.url) from exc
         return store, base, base + r.prefix
+
+
+def _answers(data: Any, want: int | None) -> bool:
+    """Whether what get()'s fast path read answers the key: no object, or the bytes it expected."""
+    return data is None or (data is not _WALK and (want is None or len(data) == want))
 
 
 def _failed(exc: BaseException) -> bool:

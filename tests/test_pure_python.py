@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 
 import kvmap
-from kvmap import compiled
 from tests import test_conformance, test_properties, test_regressions
 from tests.strategies import manifest_and_keys
+from tests.test_speedups import without_c_path
 
 FEWER = settings(max_examples=max(50, settings.default.max_examples // 4))
 
@@ -25,12 +25,8 @@ Case = tuple[list[dict[str, Any]], list[str]]
 
 @pytest.fixture(autouse=True, scope="module")
 def pure_python() -> Iterator[None]:
-    saved = compiled._RangeIndex
-    compiled._RangeIndex = None
-    try:
+    with without_c_path():
         yield
-    finally:
-        compiled._RangeIndex = saved
 
 
 def test_maps_are_compiled_without_the_c_path() -> None:

@@ -10,6 +10,7 @@ import gc
 import sys
 from bisect import bisect_right
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -34,15 +35,22 @@ SURROGATES = ["\ud800", "a\udfff", "\udbff\udfff", "\ud7ff\ud800"]
 LONG = "temperature/c/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/"  # past the last level of words
 
 
-@pytest.fixture
-def pure() -> Iterator[None]:
-    """Maps compiled inside resolve in pure Python."""
+@contextmanager
+def without_c_path() -> Iterator[None]:
+    """Maps compiled inside resolve range pieces in pure Python."""
     saved = compiled._RangeIndex
     compiled._RangeIndex = None
     try:
         yield
     finally:
         compiled._RangeIndex = saved
+
+
+@pytest.fixture
+def pure() -> Iterator[None]:
+    """Maps compiled inside resolve in pure Python."""
+    with without_c_path():
+        yield
 
 
 def index(bounds: list[str], targets: list[Any] | None = None) -> Any:
@@ -85,12 +93,8 @@ def test_levels_grow_only_where_runs_of_bounds_share_words() -> None:
 def test_the_same_answers_as_pure_python(case: tuple[list[dict[str, Any]], list[str]]) -> None:
     entries, keys = case
     fast = kvmap.compile(entries)
-    saved = compiled._RangeIndex
-    compiled._RangeIndex = None
-    try:
+    with without_c_path():
         slow = kvmap.compile(entries)
-    finally:
-        compiled._RangeIndex = saved
     assert fast._index is not None
     assert slow._index is None
     expected = [slow.resolve(k) for k in keys]
@@ -117,12 +121,8 @@ def test_the_same_answers_as_pure_python_on_a_larger_map() -> None:
     tails = ["c/0", "c/0 1", "é/x", "a%|#?", "\x00", "", "a" * 2000, "z/\U0001f600", "m"]
     keys = [f"g{i:04d}{sep}{tail}" for i in range(0, 420, 7) for sep in ("/", "", "_") for tail in tails]
     fast = kvmap.compile(entries)
-    saved = compiled._RangeIndex
-    compiled._RangeIndex = None
-    try:
+    with without_c_path():
         slow = kvmap.compile(entries)
-    finally:
-        compiled._RangeIndex = saved
     expected = [slow.resolve(k) for k in keys]
     assert any(r is not None and len(r.url) > 60 for r in expected)
     assert any(r is not None and r.entry > 300 for r in expected)
