@@ -7,6 +7,15 @@ security :class:`~kvmap.Policy`. The async methods are the core; the ``*_sync``
 methods do the same with obstore's blocking calls (no event loop), for scripts
 and the CLI.
 
+The async methods read local files and memory stores of at most
+``local_blocking_limit`` bytes (default 1 MiB) with obstore's *blocking* calls,
+on the event loop's thread. An awaited obstore call hands the request to
+obstore's thread pool and wakes the loop when it is done, and for a small read
+of a file in the page cache those two thread switches cost several times the
+read (bench/README.md). A local read that is slow (a cold disk, a network file
+system) holds the loop up for as long as it lasts; set the limit to 0 to await
+every read. Network stores are always awaited.
+
 Batched reads (:meth:`Reader.get_many`) walk every key, then group the reads
 by object: one ``get_ranges`` per object with several windows (obstore merges
 nearby ones into one request), one ``get_range`` otherwise.
@@ -34,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import obstore
+from obstore.store import LocalStore, MemoryStore
 
 from kvmap import listing
 from kvmap.chain import (
@@ -69,6 +79,10 @@ if TYPE_CHECKING:
 __all__ = ["Explained", "Reader"]
 
 T = TypeVar("T")
+#: Stores whose reads may be blocking calls on the event loop's thread (module docstring).
+_NEAR = (LocalStore, MemoryStore)
+#: The default ``local_blocking_limit``: 1 MiB.
+DEFAULT_LOCAL_BLOCKING_LIMIT = 1 << 20
 _WALK: Any = object()  # get()'s fast path gives up: take the walk
 _Walker = Generator[Read, Any, T]
 _Lister = Generator[Read | List, Any, T]  # listings also ask for object listings
@@ -92,13 +106,15 @@ class Reader:
     ``url``). ``allow``/``allow_all`` widen the :class:`~kvmap.Policy`;
     ``stores`` maps ``/``-terminated URL prefixes to obstore store options
     (credentials, endpoints, client options); ``max_depth`` bounds the manifest
-    hops of one key; ``cache_size`` the manifests kept.
+    hops of one key; ``cache_size`` the manifests kept; ``local_blocking_limit``
+    the largest local read the async methods make with a blocking call (see the
+    module; 0: none). Raises ``ValueError`` for a negative ``local_blocking_limit``.
 
     Missing things are ``None``; every failure raises a :class:`~kvmap.KvmapError`
     naming the key, the manifest entry and the URL.
     """
 
-    __slots__ = ("_doc", "_map", "_pipe", "_top", "chain", "options", "roots", "target")
+    __slots__ = ("_blocking", "_doc", "_map", "_pipe", "_top", "chain", "options", "roots", "target")
 
     def __init__(
         self,
@@ -109,7 +125,10 @@ class Reader:
         stores: Mapping[str, Mapping[str, Any]] | None = None,
         max_depth: int = DEFAULT_MAX_DEPTH,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        local_blocking_limit: int = DEFAULT_LOCAL_BLOCKING_LIMIT,
     ) -> None:
+        if local_blocking_limit < 0:
+            raise ValueError(f"local_blocking_limit must be >= 0, not {local_blocking_limit}")
         self.target = target
         self.options: dict[str, Any] = {
             "allow": tuple(allow),
@@ -117,7 +136,9 @@ class Reader:
             "stores": {k: dict(v) for k, v in (stores or {}).items()},
             "max_depth": max_depth,
             "cache_size": cache_size,
+            "local_blocking_limit": local_blocking_limit,
         }
+        self._blocking = local_blocking_limit
         # file:// targets are held to real paths: a symbolic link cannot lead out of what allows them.
         policy = Policy(allow, allow_all=allow_all, realpath=RealPaths())
         self.chain = Chain(policy, max_depth=max_depth, cache_size=cache_size)
@@ -305,12 +326,23 @@ class Reader:
         if isinstance(r, List):
             return await self._list_async(r)
         store, path = self.roots.open(r.url)
+        # The most this read may take with a blocking call (module docstring): local stores only.
+        near = self._blocking if isinstance(store, _NEAR) else 0
         try:
             if r.head:
-                return (await obstore.head_async(store, path))["size"]
+                return (obstore.head(store, path) if near else await obstore.head_async(store, path))["size"]
             if r.end is not None:
+                if r.end - r.start <= near:
+                    return obstore.get_range(store, path, start=r.start, end=r.end)
                 return await obstore.get_range_async(store, path, start=r.start, end=r.end)
-            result = await obstore.get_async(store, path, options=_get_options(r))
+            if near:
+                # Opening a local object is cheap; its size decides how to read it.
+                result = obstore.get(store, path, options=_get_options(r))
+                start, end = result.range
+                if end - start <= near:
+                    return result.bytes()
+            else:
+                result = await obstore.get_async(store, path, options=_get_options(r))
             return await result.bytes_async()
         except FileNotFoundError:
             return None
@@ -329,6 +361,8 @@ class Reader:
                 return [await self._read_async(reads[0])]
             store, path = self.roots.open(url)
             starts, ends = [r.start for r in reads], [r.end for r in reads]
+            if isinstance(store, _NEAR) and sum(ends) - sum(starts) <= self._blocking:  # type: ignore[arg-type]
+                return list(obstore.get_ranges(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
             return list(await obstore.get_ranges_async(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
         except FileNotFoundError:
             return [None] * len(reads)

@@ -35,7 +35,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, ByteRange
 from kvmap.errors import WriteError
 from kvmap.manifest import Manifest
-from kvmap.reader import Explained, Reader, manifest_url
+from kvmap.reader import DEFAULT_LOCAL_BLOCKING_LIMIT, Explained, Reader, manifest_url
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -48,8 +48,8 @@ class KVMapStore(Store):
 
     ``target`` is what :class:`~kvmap.Reader` opens: a manifest path or URL, a
     pipeline ending in ``|kvmap:`` (its path is a key prefix), or a
-    :class:`~kvmap.Manifest`. ``allow``, ``allow_all``, ``stores``, ``max_depth``
-    and ``cache_size`` are the Reader's. The store pickles by this configuration
+    :class:`~kvmap.Manifest`. ``allow``, ``allow_all``, ``stores``, ``max_depth``,
+    ``cache_size`` and ``local_blocking_limit`` are the Reader's. The store pickles by this configuration
     and equals its unpickled copy.
 
     Missing keys read as ``None``; every failure raises a :class:`~kvmap.KvmapError`
@@ -72,12 +72,19 @@ class KVMapStore(Store):
         stores: Mapping[str, Mapping[str, Any]] | None = None,
         max_depth: int = DEFAULT_MAX_DEPTH,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        local_blocking_limit: int = DEFAULT_LOCAL_BLOCKING_LIMIT,
     ) -> None:
         super().__init__(read_only=read_only)
         if not isinstance(target, Manifest):
             target = manifest_url(target)  # absolute: the store means the same thing anywhere
         self.reader = Reader(
-            target, allow=allow, allow_all=allow_all, stores=stores, max_depth=max_depth, cache_size=cache_size
+            target,
+            allow=allow,
+            allow_all=allow_all,
+            stores=stores,
+            max_depth=max_depth,
+            cache_size=cache_size,
+            local_blocking_limit=local_blocking_limit,
         )
 
     @property

@@ -8,8 +8,8 @@ zarr without it the classes stand alone and nothing imports them, so older zarr
 versions are unaffected.
 
 kvmap's own options come through ``storage_options``: ``allow``, ``allow_all``,
-``stores``, ``max_depth``, ``cache_size`` and ``read_only``; ``mode="r"`` opens
-read-only.
+``stores``, ``max_depth``, ``cache_size``, ``local_blocking_limit`` and
+``read_only``; ``mode="r"`` opens read-only.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ else:
 
 __all__ = ["ChunkManifestAdapter", "KvmapAdapter"]
 
-_OPTIONS = ("allow", "allow_all", "stores", "max_depth", "cache_size")
+_OPTIONS = ("allow", "allow_all", "stores", "max_depth", "cache_size", "local_blocking_limit")
 
 
 class KvmapAdapter(_Base):

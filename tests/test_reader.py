@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import kvmap
 from kvmap.chain import clamp
+from kvmap.reader import DEFAULT_LOCAL_BLOCKING_LIMIT
 from tests.servers import RangeHTTPServer, S3Server
 
 DATA = bytes(range(256)) * 16  # 4 KiB; byte i is i % 256
@@ -160,8 +161,10 @@ def test_manifests_are_read_once(local: Path) -> None:
     assert r.get_sync("in/w") is None
 
 
-def test_async_and_batched_reads_agree_with_single_reads(local: Path) -> None:
-    r = kvmap.Reader(local / "m.json")
+@pytest.mark.parametrize("limit", [0, 8, DEFAULT_LOCAL_BLOCKING_LIMIT])
+def test_async_and_batched_reads_agree_with_single_reads(local: Path, limit: int) -> None:
+    # limit 8: windows of up to 8 bytes (and groups up to 8 in all) are blocking calls, the rest awaited
+    r = kvmap.Reader(local / "m.json", local_blocking_limit=limit)
     keys = ["in/w", "direct", "in/gone", "ck/0.0", "tree/c0", "in/inline", "nowhere", "in/w", "in/open"]
     ranges: list[Any] = [(5, 10), None, None, (None, 2), (0, 5), (1, 100), None, (None, 3), (2, 4)]
     expected = [r.get_sync(k, b) for k, b in zip(keys, ranges, strict=True)]
@@ -176,6 +179,73 @@ def test_async_and_batched_reads_agree_with_single_reads(local: Path) -> None:
     singles, batch = asyncio.run(both())
     for got in (singles, batch):
         assert [None if x is None else bytes(x) for x in got] == [None if x is None else bytes(x) for x in expected]
+
+
+async def _ticks_during(awaitable: Any) -> tuple[int, Any]:
+    """How often the event loop ran other tasks while ``awaitable`` was awaited, and its result."""
+    ticks = 0
+    done = False
+
+    async def count() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(count())
+    await asyncio.sleep(0)
+    before = ticks
+    result = await awaitable
+    seen = ticks - before
+    done = True
+    await task
+    return seen, result
+
+
+@pytest.mark.parametrize("memory", [False, True])
+def test_small_local_reads_do_not_suspend_the_event_loop(local: Path, memory: bool) -> None:
+    """Reads of local files and memory stores up to ``local_blocking_limit`` bytes are blocking
+    calls on the loop's thread: the coroutine never yields. Larger ones, and every read with the
+    limit at 0, are awaited. Both give the same bytes."""
+    if memory:
+        name = f"near-{uuid.uuid4().hex}"
+        obstore.put(kvmap.memory_store(name), "data.bin", DATA)
+        target: Any = kvmap.Manifest.from_json(
+            [{"key": "direct", "path": "data.bin", "offset": 1, "length": 3}, {"prefix": "tree/", "path": "./"}],
+            url=f"memory://{name}/m.json",
+        )
+        whole, whole_bytes = "tree/data.bin", DATA
+    else:
+        target, whole, whole_bytes = local / "m.json", "tree/c0", b"chunk zero"
+    reads: list[tuple[str, Any, bytes]] = [
+        ("direct", None, DATA[1:4]),  # a window
+        (whole, None, whole_bytes),  # a whole object of unknown size
+        (whole, (None, 4), whole_bytes[-4:]),  # a suffix
+    ]
+
+    async def ticks(reader: kvmap.Reader, key: str, byte_range: Any) -> tuple[int, bytes]:
+        await reader.get(key, byte_range)  # the manifest is read (and cached) first
+        seen, got = await _ticks_during(reader.get(key, byte_range))
+        return seen, bytes(got)
+
+    for limit, suspends in [(DEFAULT_LOCAL_BLOCKING_LIMIT, False), (0, True), (2, True)]:
+        reader = kvmap.Reader(target, local_blocking_limit=limit)
+        for key, byte_range, want in reads:
+            seen, got = asyncio.run(ticks(reader, key, byte_range))
+            assert got == want
+            assert (seen > 0) == suspends, (limit, key, byte_range)
+        seen, _ = asyncio.run(_ticks_during_size(reader, "direct"))
+        assert (seen > 0) == (limit == 0)
+
+
+async def _ticks_during_size(reader: kvmap.Reader, key: str) -> tuple[int, Any]:
+    await reader.size(key)
+    return await _ticks_during(reader.size(key))
+
+
+def test_a_negative_local_blocking_limit_is_refused(local: Path) -> None:
+    with pytest.raises(ValueError, match="local_blocking_limit"):
+        kvmap.Reader(local / "m.json", local_blocking_limit=-1)
 
 
 def test_a_batch_of_windows_in_one_object_is_read_with_few_requests(http_server: RangeHTTPServer) -> None:
@@ -363,10 +433,11 @@ def test_targets_outside_the_origin_need_an_allow(tmp_path: Path) -> None:
 
 
 def test_a_reader_pickles_by_configuration(local: Path) -> None:
-    r = kvmap.Reader(local / "m.json", allow=["s3://shared/"], max_depth=5)
+    r = kvmap.Reader(local / "m.json", allow=["s3://shared/"], max_depth=5, local_blocking_limit=7)
     assert bytes(r.get_sync("in/w")) == DATA[100:150]
     copy = pickle.loads(pickle.dumps(r))
     assert copy.options == r.options
+    assert copy.options["local_blocking_limit"] == 7
     assert copy.policy == r.policy
     assert bytes(copy.get_sync("in/w")) == DATA[100:150]
 
@@ -460,3 +531,6 @@ def test_the_fast_path_gives_what_the_walk_gives(entries: list[dict[str, Any]], 
     walk = outcome(lambda: reader._drive_sync(reader._get(key, byte_range)))
     assert outcome(lambda: reader.get_sync(key, byte_range)) == walk
     assert outcome(lambda: asyncio.run(reader.get(key, byte_range))) == walk
+    # Memory reads are blocking calls by default; awaited ones must give the same answers.
+    awaited = kvmap.Reader(reader.target, local_blocking_limit=0)  # type: ignore[arg-type]
+    assert outcome(lambda: asyncio.run(awaited.get(key, byte_range))) == walk
