@@ -47,7 +47,7 @@ from functools import lru_cache
 from urllib.parse import unquote
 
 from kvmap.errors import PolicyError
-from kvmap.url import PIPELINE_SEPARATOR
+from kvmap.url import PIPELINE_SEPARATOR, is_plain_name
 
 __all__ = ["Policy", "origin"]
 
@@ -192,6 +192,37 @@ class Policy:
         verdict = self._judge(url, manifest)
         if isinstance(verdict, _Refusal):
             raise PolicyError(verdict.reason, key=key, manifest=manifest, entry=entry, url=url)
+
+    def siblings(self, url: str) -> Callable[[str], bool] | None:
+        """A test ``same(name)`` for the URLs ``url[: url.rfind("/") + 1] + name``: where it
+        is true, the policy decides that URL (for any manifest) as it decides ``url`` — so a
+        caller that has checked ``url`` may skip checking its siblings. ``None`` if there is
+        no such test (``url``'s last segment is not a plain name, or it is a symbolic link).
+
+        For a plain name (:func:`~kvmap.url.is_plain_name`), which prefixes and origins
+        hold the URL does not depend on the name. Only the real path of a ``file://`` target
+        does, and ``same`` asks ``realpath`` whether the name is its directory's real path
+        joined with the name (one ``lstat`` with :class:`~kvmap.roots.RealPaths`).
+        """
+        cut = url.rfind("/") + 1
+        if not is_plain_name(url[cut:]):
+            return None
+        place = _place(url, directory=True)
+        if isinstance(place, str):
+            return None
+        if place.scheme != _LOCAL or self.realpath is None:
+            return is_plain_name
+        directory = _path(place.segments).rstrip("/") + "/"
+        real = self.realpath(directory)
+        if real is None:
+            return None
+        base = real.rstrip("/") + "/"
+        realpath = self.realpath
+
+        def same(name: str) -> bool:
+            return is_plain_name(name) and realpath(directory + name) == base + name
+
+        return same if same(url[cut:]) else None
 
     def _judge(self, url: str, manifest: str | None) -> str | _Refusal:
         if manifest is None:

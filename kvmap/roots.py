@@ -43,6 +43,7 @@ from urllib.parse import unquote
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, MemoryStore, S3Store
 
 from kvmap.errors import PipelineError
+from kvmap.url import is_plain_name
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore
@@ -137,7 +138,7 @@ class Roots:
     Raises ``ValueError`` if an options prefix does not end in ``/``.
     """
 
-    __slots__ = ("_memo", "_prefixes", "_stores", "options")
+    __slots__ = ("_folders", "_memo", "_prefixes", "_stores", "options")
 
     def __init__(self, options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (options or {}).items()}
@@ -147,6 +148,7 @@ class Roots:
         self._prefixes = sorted(self.options, key=len, reverse=True)
         self._stores: dict[tuple[str, str, str, str | None], ObjectStore] = {}
         self._memo: dict[str, tuple[ObjectStore, str]] = {}
+        self._folders: dict[str, tuple[ObjectStore, str]] = {}  # directory URL -> (store, its path)
 
     def open(self, url: str, *, directory: bool = False) -> tuple[ObjectStore, str]:
         """The store holding the object at root URL ``url``, and its path in that store.
@@ -158,6 +160,15 @@ class Roots:
         found = self._memo.get(url)
         if found is not None and (found[1] or directory):
             return found
+        cut = url.rfind("/") + 1
+        name = url[cut:]
+        plain = is_plain_name(name)
+        if plain:
+            # A sibling of a URL opened before (a redirected array's next chunk): same store,
+            # and the path is the directory's path and the name (is_plain_name).
+            folder = self._folders.get(url[:cut])
+            if folder is not None:
+                return folder[0], folder[1] + name
         m = _URL.match(url)
         if m is None:
             raise PipelineError(f"{url!r} is not a URL kvmap can read (scheme://authority/path, no query)")
@@ -186,6 +197,10 @@ class Roots:
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()
         self._memo[url] = (store, path)
+        if plain and path.endswith(name):  # not when the name is a bucket (s3+http://host/bucket)
+            if len(self._folders) >= _MEMO_SIZE:
+                self._folders.clear()
+            self._folders[url[:cut]] = (store, path[: len(path) - len(name)])
         return store, path
 
     @staticmethod

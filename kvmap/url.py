@@ -27,6 +27,7 @@ __all__ = [
     "decode_remainder",
     "encode_remainder",
     "is_absolute",
+    "is_plain_name",
     "join",
     "resolve_target",
 ]
@@ -62,6 +63,18 @@ def encode_remainder(remainder: str) -> str:
 def decode_remainder(text: str) -> str:
     """Invert :func:`encode_remainder` (strict UTF-8 percent-decoding)."""
     return unquote(text, encoding="utf-8", errors="strict")
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name``, the text after a URL's last ``/``, is its own decoded last path
+    segment: non-empty, not ``.`` or ``..``, and without ``%``, ``?`` or ``#``. Then a
+    URL's directory (the text up to its last ``/``) decides everything about it but the
+    name, which caches per directory rely on.
+
+    >>> is_plain_name("0.1"), is_plain_name("a%2Fb"), is_plain_name("..")
+    (True, False, False)
+    """
+    return name not in ("", ".", "..") and "%" not in name and "?" not in name and "#" not in name
 
 
 def is_absolute(reference: str) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 
 import obstore
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kvmap
 from kvmap.roots import RealPaths, local_realpath
@@ -314,3 +316,95 @@ def test_a_link_loop_inside_the_origin_is_a_target_error_not_an_escape(disk: Pat
     with pytest.raises(kvmap.TargetError) as info:  # the policy passes it; opening it fails
         kvmap.Reader(disk / "home" / "m.json").get_sync("k")
     assert (info.value.key, info.value.entry) == ("k", 0)
+
+
+# -- decisions remembered per directory (Policy.siblings, Chain.check) -----------------------
+
+
+def test_regression_a_link_next_to_an_allowed_file_is_still_refused(disk: Path) -> None:
+    """The directory of an allowed target remembers its decision for its siblings; a sibling that
+    is a link leading out must still be refused after the allowed one was read."""
+    (disk / "home" / "data" / "innocent.bin").symlink_to(disk / "outside" / "secret")
+    manifest = write_manifest(disk / "home" / "m.json", [{"prefix": "data/", "path": "data/"}])
+    reader = kvmap.Reader(manifest)
+    assert reader.get_sync("data/ok") == b"ok"
+    assert asyncio.run(reader.get("data/ok")) == b"ok"
+    assert refused(reader, "data/innocent.bin").entry == 0
+    assert reader.get_sync("data/ok") == b"ok"
+
+
+def test_siblings_of_a_link_or_a_name_that_is_not_plain_have_no_shortcut(disk: Path) -> None:
+    (disk / "home" / "data" / "inside-link").symlink_to(disk / "home" / "data" / "ok")
+    policy = kvmap.Policy(realpath=RealPaths())
+    data = uri(disk / "home" / "data")
+    same = policy.siblings(data + "ok")
+    assert same is not None
+    assert [same("other"), same("ok")] == [True, True]
+    assert not same("inside-link")  # a link: the caller must ask the policy
+    assert [same(".."), same("a%2F.."), same("")] == [False, False, False]
+    assert policy.siblings(data + "inside-link") is None
+    assert policy.siblings(data + "x%20y") is None
+    assert policy.siblings(data) is None
+    assert policy.siblings("s3://bucket/a/b") is not None
+    assert kvmap.Policy().siblings(data + "inside-link") is not None  # text only: links do not matter
+
+
+# A tree with every kind of neighbour: files, links in and out (to files and directories), a dangling
+# link, a subdirectory, names that need escaping, and missing names.
+_TREE_KEYS = [
+    "ok",
+    "ok2",
+    "in-link",
+    "out-link",
+    "dangling",
+    "sub/x",
+    "sub/out-link",
+    "dir-out/secret",
+    "dir-in/x",
+    "missing",
+    "sp ace",
+    "pct%41",
+    "../outside/secret",
+    "sub/../ok",
+]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tree")
+    data, outside = root / "home" / "data", root / "outside"
+    (data / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret").write_bytes(SECRET)
+    for name in ("ok", "ok2", "sub/x", "sp ace", "pct%41"):
+        (data / name).write_bytes(name.encode())
+    (data / "in-link").symlink_to(data / "ok")
+    (data / "out-link").symlink_to(outside / "secret")
+    (data / "sub" / "out-link").symlink_to(Path("..") / ".." / ".." / "outside" / "secret")
+    (data / "dangling").symlink_to(outside / "nothing")
+    (data / "dir-out").symlink_to(outside)
+    (data / "dir-in").symlink_to(data / "sub")
+    write_manifest(root / "home" / "m.json", [{"prefix": "", "path": "data/"}])
+    return root
+
+
+def _outcome(reader: kvmap.Reader, key: str) -> Any:
+    try:
+        got = reader.get_sync(key)
+    except kvmap.PolicyError:
+        return "refused"
+    except kvmap.KvmapError as exc:
+        return type(exc).__name__
+    return None if got is None else bytes(got)
+
+
+@settings(max_examples=80, deadline=None)
+@given(order=st.lists(st.sampled_from(_TREE_KEYS), min_size=1, max_size=16))
+def test_remembered_decisions_are_the_decisions_a_fresh_reader_makes(tree: Path, order: list[str]) -> None:
+    """Whatever was read before, a key's outcome (bytes, absent, refused) is a fresh reader's."""
+    manifest = tree / "home" / "m.json"
+    reader = kvmap.Reader(manifest, cache_size=1)  # small caches: evictions too
+    for key in order:
+        assert _outcome(reader, key) == _outcome(kvmap.Reader(manifest), key), key
+    assert _outcome(kvmap.Reader(manifest), "out-link") == "refused"
+    assert _outcome(kvmap.Reader(manifest), "ok") == b"ok"

@@ -16,7 +16,7 @@ from typing import Any
 
 import obstore
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kvmap
@@ -534,3 +534,50 @@ def test_the_fast_path_gives_what_the_walk_gives(entries: list[dict[str, Any]], 
     # Memory reads are blocking calls by default; awaited ones must give the same answers.
     awaited = kvmap.Reader(reader.target, local_blocking_limit=0)  # type: ignore[arg-type]
     assert outcome(lambda: asyncio.run(awaited.get(key, byte_range))) == walk
+
+
+# -- roots: URLs opened per directory -----------------------------------------------------
+
+_ROOT_URLS = [
+    "file:///d/a/0",
+    "file:///d/a/1",
+    "file:///d/a/",
+    "file:///d/a/x%2Fy",
+    "file:///d/a%20b/0",
+    "file:///d/a%20b/1",
+    "file://localhost/d/a/2",
+    "file://host/d/a/0",
+    "memory://m/k/0",
+    "memory://m/k/1",
+    "memory://m/0",
+    "s3+http://127.0.0.1:9/bucket/k/0",
+    "s3+http://127.0.0.1:9/bucket/k/1",
+    "s3+http://127.0.0.1:9/bucket/0",
+    "s3+http://127.0.0.1:9/bucket",
+    "s3+http://127.0.0.1:9/other",
+    "s3://b/0",
+    "s3://b/",
+    "ftp://h/0",
+]
+
+
+def _opened(roots: Any, url: str, directory: bool) -> Any:
+    try:
+        store, path = roots.open(url, directory=directory)
+    except kvmap.PipelineError as exc:
+        return str(exc)
+    return type(store).__name__, path
+
+
+@settings(max_examples=100, deadline=None)
+@given(order=st.lists(st.tuples(st.sampled_from(_ROOT_URLS), st.booleans()), min_size=1, max_size=12))
+# Regression (found by this test): a bucket opened as a directory made its name look like an object
+# path, and the next bucket on the endpoint was opened as a path in the first one.
+@example(order=[("s3+http://127.0.0.1:9/other", True), ("s3+http://127.0.0.1:9/bucket", True)])
+def test_roots_open_gives_for_a_sibling_what_a_fresh_open_gives(order: list[tuple[str, bool]]) -> None:
+    """Roots remembers each directory URL's store and path; a sibling opened from it must be
+    what a fresh Roots opens (or the same error)."""
+    roots = kvmap.roots.Roots({"s3+http://127.0.0.1:9/": {"skip_signature": True}})
+    for url, directory in order:
+        fresh = kvmap.roots.Roots({"s3+http://127.0.0.1:9/": {"skip_signature": True}})
+        assert _opened(roots, url, directory) == _opened(fresh, url, directory), url
