@@ -7,13 +7,23 @@ import sys
 
 import bench_compile
 import bench_load
+import bench_local_read
 import bench_memory
 import bench_read
 import bench_resolve
 import bench_resolve_many
 import bench_store
 
-SCRIPTS = (bench_compile, bench_load, bench_resolve, bench_resolve_many, bench_read, bench_store, bench_memory)
+SCRIPTS = (
+    bench_compile,
+    bench_load,
+    bench_resolve,
+    bench_resolve_many,
+    bench_read,
+    bench_local_read,
+    bench_store,
+    bench_memory,
+)
 
 
 def main() -> None:
