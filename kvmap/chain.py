@@ -47,6 +47,7 @@ from kvmap.errors import ChainError, PipelineError, ResolveError, TargetError
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
+from kvmap.url import split_name
 from kvmap.zipindex import TAIL_SIZE, ZipFormatError, ZipIndex, local_header_size
 
 __all__ = ["ByteRange", "Chain", "Hop", "Location", "Read", "Walk"]
@@ -265,10 +266,10 @@ class Chain:
         decided = (url, manifest)
         if self._decisions.get(decided):
             return
-        cut = url.rfind("/") + 1
-        folder = (url[:cut], manifest)
+        directory, name = split_name(url)
+        folder = (directory, manifest)
         same = self._folders.get(folder)
-        if same is None or not same(url[cut:]):
+        if same is None or not same(name):
             self.policy.check(url, manifest=manifest, entry=entry, key=walk.key)
         self._decisions.put(decided, True)
         if same is None:

@@ -47,7 +47,7 @@ from functools import lru_cache
 from urllib.parse import unquote
 
 from kvmap.errors import PolicyError
-from kvmap.url import PIPELINE_SEPARATOR, is_plain_name
+from kvmap.url import PIPELINE_SEPARATOR, is_plain_name, split_name
 
 __all__ = ["Policy", "origin"]
 
@@ -194,18 +194,21 @@ class Policy:
             raise PolicyError(verdict.reason, key=key, manifest=manifest, entry=entry, url=url)
 
     def siblings(self, url: str) -> Callable[[str], bool] | None:
-        """A test ``same(name)`` for the URLs ``url[: url.rfind("/") + 1] + name``: where it
-        is true, the policy decides that URL (for any manifest) as it decides ``url`` — so a
-        caller that has checked ``url`` may skip checking its siblings. ``None`` if there is
-        no such test (``url``'s last segment is not a plain name, or it is a symbolic link).
+        """A test ``same(name)`` for the URLs ``directory + name`` (``directory, _ =
+        split_name(url)``): where it is true, the policy decides that URL (for any manifest)
+        as it decides ``url`` — so a caller that has checked ``url`` may skip checking its
+        siblings. ``None`` if there is no such test (``url``'s last segment is not a plain
+        name, or it is a symbolic link).
 
         For a plain name (:func:`~kvmap.url.is_plain_name`), which prefixes and origins
         hold the URL does not depend on the name. Only the real path of a ``file://`` target
         does, and ``same`` asks ``realpath`` whether the name is its directory's real path
-        joined with the name (one ``lstat`` with :class:`~kvmap.roots.RealPaths`).
+        joined with the name (one ``lstat`` with :class:`~kvmap.roots.RealPaths`); then,
+        since an object must lie *strictly* inside a granting directory's real path, the
+        name does not decide either.
         """
-        cut = url.rfind("/") + 1
-        if not is_plain_name(url[cut:]):
+        _, name = split_name(url)
+        if not is_plain_name(name):
             return None
         place = _place(url, directory=True)
         if isinstance(place, str):
@@ -222,7 +225,7 @@ class Policy:
         def same(name: str) -> bool:
             return is_plain_name(name) and realpath(directory + name) == base + name
 
-        return same if same(url[cut:]) else None
+        return same if same(name) else None
 
     def _judge(self, url: str, manifest: str | None) -> str | _Refusal:
         if manifest is None:
@@ -269,10 +272,19 @@ class Policy:
         grants = granted + [(_render(p), p) for p in self._allow if p.scheme == _LOCAL and id(p) not in held]
         if home is not None and home.scheme == _LOCAL and id(home) not in held:
             grants.append(("origin", home))
+        # An object lies strictly inside a directory (as `_Place.within` says of text): one whose real
+        # path *is* a granting directory's would make the decision depend on its name, and so allow a
+        # sibling outside (a link to the origin's parent, then its other children). A directory URL
+        # (last segment empty: a listing) may be the granting directory itself.
+        least = 0 if place.segments[-1:] == ("",) else 1
         seen = []
         for label, directory in grants:
             real_directory = self._real(directory.segments)
-            if real_directory is not None and real[: len(real_directory)] == real_directory:
+            if (
+                real_directory is not None
+                and len(real) >= len(real_directory) + least
+                and real[: len(real_directory)] == real_directory
+            ):
                 return label
             where = "the manifest's origin " + _render(home) if label == "origin" and home is not None else label
             seen.append(f"{where} (real path {'(none)' if real_directory is None else _path(real_directory)})")

@@ -16,7 +16,10 @@ read takes 0.3-0.5x the time when reads come one at a time, and no more with
 10 in flight up to 128 KiB. Above that, awaited reads in flight overlap on
 obstore's threads and win (bench/bench_local_read.py). A local read that is
 slow (a cold disk, a network file system) holds the loop up while it lasts; set
-the limit to 0 to await every read. Network stores are always awaited.
+the limit to 0 to await every read. With a limit above 0, asking a local
+object's size (``head``) and opening one to read it whole are blocking calls
+whatever its size; only the transfer of more than the limit is awaited. Network
+stores are always awaited.
 
 Batched reads (:meth:`Reader.get_many`) walk every key, then group the reads
 by object: one ``get_ranges`` per object with several windows (obstore merges
@@ -334,7 +337,7 @@ class Reader:
             if r.head:
                 return (obstore.head(store, path) if near else await obstore.head_async(store, path))["size"]
             if r.end is not None:
-                if r.end - r.start <= near:
+                if near and r.end - r.start <= near:
                     return obstore.get_range(store, path, start=r.start, end=r.end)
                 return await obstore.get_range_async(store, path, start=r.start, end=r.end)
             if near:

@@ -43,7 +43,7 @@ from urllib.parse import unquote
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, MemoryStore, S3Store
 
 from kvmap.errors import PipelineError
-from kvmap.url import is_plain_name
+from kvmap.url import is_plain_name, split_name
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore
@@ -160,13 +160,12 @@ class Roots:
         found = self._memo.get(url)
         if found is not None and (found[1] or directory):
             return found
-        cut = url.rfind("/") + 1
-        name = url[cut:]
+        directory_url, name = split_name(url)
         plain = is_plain_name(name)
         if plain:
             # A sibling of a URL opened before (a redirected array's next chunk): same store,
             # and the path is the directory's path and the name (is_plain_name).
-            folder = self._folders.get(url[:cut])
+            folder = self._folders.get(directory_url)
             if folder is not None:
                 return folder[0], folder[1] + name
         m = _URL.match(url)
@@ -200,7 +199,7 @@ class Roots:
         if plain and path.endswith(name):  # not when the name is a bucket (s3+http://host/bucket)
             if len(self._folders) >= _MEMO_SIZE:
                 self._folders.clear()
-            self._folders[url[:cut]] = (store, path[: len(path) - len(name)])
+            self._folders[directory_url] = (store, path[: len(path) - len(name)])
         return store, path
 
     @staticmethod

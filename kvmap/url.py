@@ -30,6 +30,7 @@ __all__ = [
     "is_plain_name",
     "join",
     "resolve_target",
+    "split_name",
 ]
 
 PIPELINE_SEPARATOR = "|"
@@ -75,6 +76,16 @@ def is_plain_name(name: str) -> bool:
     (True, False, False)
     """
     return name not in ("", ".", "..") and "%" not in name and "?" not in name and "#" not in name
+
+
+def split_name(url: str) -> tuple[str, str]:
+    """``url`` as (its directory: the text up to and including its last ``/``, the name after it).
+
+    >>> split_name("file:///d/a/0.1"), split_name("s3://b/")
+    (('file:///d/a/', '0.1'), ('s3://b/', ''))
+    """
+    cut = url.rfind("/") + 1
+    return url[:cut], url[cut:]
 
 
 def is_absolute(reference: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 import obstore
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kvmap
@@ -333,6 +333,36 @@ def test_regression_a_link_next_to_an_allowed_file_is_still_refused(disk: Path) 
     assert reader.get_sync("data/ok") == b"ok"
 
 
+# Regression (found in review): an object whose real path *was* the origin passed, and its directory's
+# decision was then remembered for siblings: home/data -> the origin's parent, 'data/home' (the origin
+# itself) passed, and then 'data/secret' (outside) was read.
+def test_regression_a_link_to_the_origins_parent_does_not_open_its_other_children(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "secret").write_bytes(SECRET)
+    (home / "data").symlink_to(tmp_path)
+    manifest = write_manifest(home / "m.json", [{"prefix": "data/", "path": "data/"}])
+    reader = kvmap.Reader(manifest)
+    for key in ("data/home", "data/secret"):  # the origin itself is not inside the origin, as text says
+        with pytest.raises(kvmap.PolicyError):
+            reader.get_sync(key)
+        with pytest.raises(kvmap.PolicyError):
+            asyncio.run(reader.get(key))
+    assert reader.get_sync("data/home/m.json") is not None  # back inside: fine
+
+
+def test_a_directory_being_listed_may_be_the_granting_directory_itself(tmp_path: Path) -> None:
+    """Listing a redirect onto the origin, when the manifest's URL goes through a link: the listed
+    directory's real path equals the origin's (an object's may not)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a").write_bytes(b"a")
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    write_manifest(tmp_path / "real" / "m.json", [{"prefix": "", "path": "./"}])
+    reader = kvmap.Reader(uri(tmp_path / "via") + "m.json")
+    assert reader.list_prefix_sync("") == ["a", "m.json"]
+    assert reader.get_sync("a") == b"a"
+
+
 def test_siblings_of_a_link_or_a_name_that_is_not_plain_have_no_shortcut(disk: Path) -> None:
     (disk / "home" / "data" / "inside-link").symlink_to(disk / "home" / "data" / "ok")
     policy = kvmap.Policy(realpath=RealPaths())
@@ -366,6 +396,17 @@ _TREE_KEYS = [
     "pct%41",
     "../outside/secret",
     "sub/../ok",
+    "up",
+    "up/home",
+    "up/outside",
+    "up/root-secret",
+    "up/outside/secret",
+    "up/home/m.json",
+    "up/home/data/ok",
+    "to-home",
+    "to-home/m.json",
+    "to-data",
+    "to-data/ok",
 ]
 
 
@@ -376,6 +417,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (data / "sub").mkdir(parents=True)
     outside.mkdir()
     (outside / "secret").write_bytes(SECRET)
+    (root / "root-secret").write_bytes(SECRET)
     for name in ("ok", "ok2", "sub/x", "sp ace", "pct%41"):
         (data / name).write_bytes(name.encode())
     (data / "in-link").symlink_to(data / "ok")
@@ -384,6 +426,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (data / "dangling").symlink_to(outside / "nothing")
     (data / "dir-out").symlink_to(outside)
     (data / "dir-in").symlink_to(data / "sub")
+    (data / "up").symlink_to(root)  # an ancestor of the origin
+    (data / "to-home").symlink_to(root / "home")  # the origin itself
+    (data / "to-data").symlink_to(data)  # the directory itself
     write_manifest(root / "home" / "m.json", [{"prefix": "", "path": "data/"}])
     return root
 
@@ -400,6 +445,7 @@ def _outcome(reader: kvmap.Reader, key: str) -> Any:
 
 @settings(max_examples=80, deadline=None)
 @given(order=st.lists(st.sampled_from(_TREE_KEYS), min_size=1, max_size=16))
+@example(order=["up/home", "up/root-secret"])  # regression: the origin itself passed, then its siblings
 def test_remembered_decisions_are_the_decisions_a_fresh_reader_makes(tree: Path, order: list[str]) -> None:
     """Whatever was read before, a key's outcome (bytes, absent, refused) is a fresh reader's."""
     manifest = tree / "home" / "m.json"
