@@ -49,8 +49,8 @@ class KVMapStore(Store):
     ``target`` is what :class:`~kvmap.Reader` opens: a manifest path or URL, a
     pipeline ending in ``|kvmap:`` (its path is a key prefix), or a
     :class:`~kvmap.Manifest`. ``allow``, ``allow_all``, ``stores``, ``max_depth``,
-    ``cache_size`` and ``local_blocking_limit`` are the Reader's. The store pickles by this configuration
-    and equals its unpickled copy.
+    ``cache_size`` and ``local_blocking_limit`` are the Reader's. The store pickles
+    by this configuration and equals its unpickled copy.
 
     Missing keys read as ``None``; every failure raises a :class:`~kvmap.KvmapError`
     (zarr would otherwise fill the chunk with its fill value). Writes to a key

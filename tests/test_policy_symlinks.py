@@ -379,8 +379,9 @@ def test_siblings_of_a_link_or_a_name_that_is_not_plain_have_no_shortcut(disk: P
     assert kvmap.Policy().siblings(data + "inside-link") is not None  # text only: links do not matter
 
 
-# A tree with every kind of neighbour: files, links in and out (to files and directories), a dangling
-# link, a subdirectory, names that need escaping, and missing names.
+# A tree with every kind of neighbour: files, links in and out (to files and directories), links to an
+# ancestor of the origin, to the origin and to the directory itself, a dangling link, a subdirectory,
+# names that need escaping, and missing names.
 _TREE_KEYS = [
     "ok",
     "ok2",

@@ -202,6 +202,11 @@ async def _ticks_during(awaitable: Any) -> tuple[int, Any]:
     return seen, result
 
 
+async def _ticks_during_size(reader: kvmap.Reader, key: str) -> tuple[int, Any]:
+    await reader.size(key)
+    return await _ticks_during(reader.size(key))
+
+
 @pytest.mark.parametrize("memory", [False, True])
 def test_small_local_reads_do_not_suspend_the_event_loop(local: Path, memory: bool) -> None:
     """Reads of local files and memory stores up to ``local_blocking_limit`` bytes are blocking
@@ -236,11 +241,6 @@ def test_small_local_reads_do_not_suspend_the_event_loop(local: Path, memory: bo
             assert (seen > 0) == suspends, (limit, key, byte_range)
         seen, _ = asyncio.run(_ticks_during_size(reader, "direct"))
         assert (seen > 0) == (limit == 0)
-
-
-async def _ticks_during_size(reader: kvmap.Reader, key: str) -> tuple[int, Any]:
-    await reader.size(key)
-    return await _ticks_during(reader.size(key))
 
 
 def test_a_negative_local_blocking_limit_is_refused(local: Path) -> None:
