@@ -164,7 +164,7 @@ def _open(chain: Chain, doc: str, entry: int, url: str) -> Generator[Read, Any, 
         pipe = Pipeline.parse(url)
     except PipelineError as exc:
         raise PipelineError(f"{doc} entry {entry}: {exc}") from None
-    chain.check(pipe.root, doc, entry, walk)
+    chain.check(pipe.root, doc, entry, None)
     if not pipe.adapters:
         return _Space("root", url)
     left = Pipeline(pipe.root, pipe.adapters[:-1])

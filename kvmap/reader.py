@@ -277,7 +277,7 @@ class Reader:
         assert url is not None
         if PIPELINE_SEPARATOR in url:
             return None
-        self.chain.check(url, doc, res.entry, Walk(key))
+        self.chain.check(url, doc, res.entry, key)
         if res.length is not None:
             start, end = clamp(byte_range, res.length)
             if end <= start:
