@@ -42,15 +42,15 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from kvmap.chunkmanifest import chunk_manifest
-from kvmap.compiled import CompiledMap, compile
+from kvmap.compiled import CompiledMap, Resolution, compile
 from kvmap.errors import ChainError, PipelineError, ResolveError, TargetError
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
-from kvmap.url import split_name
+from kvmap.url import PIPELINE_SEPARATOR, split_name
 from kvmap.zipindex import TAIL_SIZE, ZipFormatError, ZipIndex, local_header_size
 
-__all__ = ["ByteRange", "Chain", "Hop", "Location", "Read", "Walk"]
+__all__ = ["ByteRange", "Chain", "Hop", "LimitExceededError", "Location", "Read", "ShortObjectError", "Walk"]
 
 #: A byte request: ``(start, end)`` half-open, ``(start, None)`` from ``start`` to
 #: the end, ``(None, n)`` the last ``n`` bytes. ``None`` asks for everything.
@@ -58,6 +58,9 @@ ByteRange = tuple[int, int] | tuple[int, None] | tuple[None, int]
 
 DEFAULT_MAX_DEPTH = 16
 DEFAULT_CACHE_SIZE = 128
+#: The largest manifest read by default: 2 GiB, above the largest JSON manifests kvmap is
+#: benchmarked with (about 1 GB for 1e7 entries), far below a sparse or lying 1 TiB object.
+DEFAULT_MAX_MANIFEST_BYTES = 2 << 30
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -79,6 +82,30 @@ class Read:
     # The range lies inside a window of known length, so it is valid unless the object is
     # damaged; only such reads are batched into one coalesced request per object.
     within: bool = False
+    # The most bytes the answer may hold (manifests): the driver refuses a larger object before
+    # reading it, and stops reading one that turns out larger than it said.
+    limit: int | None = None
+    # A manifest or zip directory: concurrent first reads of it are shared by the driver.
+    once: bool = False
+    # The size the object must have at least (the end of the entry's window): the driver checks
+    # it where the response tells the size, and raises ShortObjectError if it is less.
+    need: int | None = None
+
+
+class LimitExceededError(Exception):
+    """Raised by a driver: the object is larger than ``Read.limit`` (nothing more was read)."""
+
+    def __init__(self, limit: int, size: int | None) -> None:
+        self.limit, self.size = limit, size
+        super().__init__(f"object is larger than {limit:,} bytes" + ("" if size is None else f" ({size:,})"))
+
+
+class ShortObjectError(Exception):
+    """Raised by a driver: the object is shorter than ``Read.need``."""
+
+    def __init__(self, size: int, need: int) -> None:
+        self.size, self.need = size, need
+        super().__init__(f"object holds {size:,} bytes, the window needs {need:,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +172,27 @@ class Walk:
     key: str | None
     hops: list[Hop] = field(default_factory=list)
     explain: bool = False  # record the entry of a whiteout too
+    # The entry deciding what is read now is an exact one naming an object: a missing object,
+    # archive, member or nested manifest there is a dangling reference, not an absent key.
+    strict: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Frame:
+    """A pipeline being applied: ``res`` (``None``: the caller's target) named it from the
+    manifest at ``via``, with ``suffix`` for its last adapter; ``doc`` is the document URL
+    of what its adapters have reached so far, ``next`` the next adapter."""
+
+    pipe: Pipeline
+    res: Resolution | None
+    suffix: str
+    via: str | None
+    strict: bool
+    doc: str = ""
+    next: int = 0
+
+    def __post_init__(self) -> None:
+        self.doc = self.pipe.root
 
 
 class _Bounded(Generic[K, V]):
@@ -181,7 +229,17 @@ class Chain:
     """The walk's rules and caches. ``policy`` decides what manifests may reach;
     ``cache_size`` bounds the manifests (and, separately, zip directories) kept."""
 
-    __slots__ = ("_decisions", "_folders", "_maps", "_offsets", "_zips", "max_depth", "policy")
+    __slots__ = (
+        "_decisions",
+        "_folders",
+        "_maps",
+        "_offsets",
+        "_zips",
+        "max_depth",
+        "max_manifest_bytes",
+        "policy",
+        "top",
+    )
 
     def __init__(
         self,
@@ -189,9 +247,14 @@ class Chain:
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self.max_depth = max_depth
+        self.max_manifest_bytes = max_manifest_bytes
+        #: The caller's top manifest, once loaded: ``(map, document URL, key prefix, hops it took)``,
+        #: what :meth:`plan` resolves in. Dropped by :meth:`forget` with every other cache.
+        self.top: tuple[CompiledMap, str, str, int] | None = None
         self._maps: _Bounded[tuple[str, Location, str], CompiledMap] = _Bounded(cache_size)
         self._zips: _Bounded[Location, ZipIndex] = _Bounded(cache_size)
         self._offsets: _Bounded[tuple[Location, str], int] = _Bounded(cache_size * 64)
@@ -203,55 +266,130 @@ class Chain:
     def locate(self, target: Pipeline, walk: Walk, suffix: str = "") -> Generator[Read, Any, Location | None]:
         """Follow the caller's ``target`` (with ``suffix`` appended to its last adapter's
         path) to a :class:`Location`, or ``None`` if the key is absent."""
-        return self._follow(target, walk, None, suffix)
+        return self._walk(target, None, walk, suffix)
 
     def step(self, cm: CompiledMap, doc: str, key: str, walk: Walk) -> Generator[Read, Any, Location | None]:
         """Resolve ``key`` in the compiled manifest ``cm`` found at ``doc``, and follow it."""
-        res = cm.resolve(key)
-        if res is None:
-            # Only an explanation needs the whiteout's entry: explain() costs more than resolve().
-            hop = Hop(doc, key, cm.explain(key).winner if walk.explain else None, None)
-        else:
-            hop = Hop(doc, key, res.entry, res.url, res.offset, res.length, res.data is not None)
-        self._enter(hop, walk)
-        if res is None:
-            return None
-        if res.data is not None:
-            return Location(None, data=res.data)
-        assert res.url is not None
-        try:
-            pipe = Pipeline.parse(res.url)
-        except PipelineError as exc:
-            raise PipelineError(f"{doc} entry {res.entry}: {exc}") from None
-        loc = yield from self._follow(pipe, walk, doc, "", res.entry)
-        if loc is None or (res.offset is None and res.length is None):
-            return loc
-        try:
-            return loc.window(res.offset, res.length)
-        except ValueError as exc:
-            raise TargetError(str(exc), key=walk.key, manifest=doc, entry=res.entry, url=res.url) from None
+        return self._walk(None, (cm, doc, key), walk, "")
 
-    def _follow(
-        self, pipe: Pipeline, walk: Walk, via: str | None, suffix: str, entry: int | None = None
+    def _walk(
+        self, target: Pipeline | None, start: tuple[CompiledMap, str, str] | None, walk: Walk, suffix: str
     ) -> Generator[Read, Any, Location | None]:
-        if via is not None:
-            self.check(pipe.root, via, entry, walk.key)
-        loc: Location | None = Location(pipe.root)
-        doc = pipe.root
-        last = len(pipe.adapters) - 1
-        for i, adapter in enumerate(pipe.adapters):
-            assert loc is not None
-            path = adapter.path + suffix if i == last else adapter.path
-            if adapter.kind == "zip":
-                loc = yield from self._zip_member(loc, path, walk)
-            else:
-                cm = yield from self.manifest(loc, doc, adapter.name, walk, required=via is None)
-                loc = None if cm is None else (yield from self.step(cm, doc, path, walk))
-            if loc is None:
+        # A loop over an explicit stack, not recursion: a chain of any length (up to max_depth)
+        # walks in constant Python stack depth. Each frame is a pipeline being applied; a
+        # manifest hop that names another pipeline suspends its own until that one ends.
+        stack: list[_Frame] = []
+        frame: _Frame | None = None
+        loc: Location | None = None
+        lookup = start
+        if target is not None:
+            frame = _Frame(target, None, suffix, None, False)
+            loc = Location(target.root)
+        while True:
+            if lookup is not None:
+                # One manifest hop: resolve, record, and either end here or start the target's pipeline.
+                cm, doc, key = lookup
+                lookup = None
+                res = cm.resolve(key)
+                if res is None:
+                    hop = Hop(doc, key, cm.explain(key).winner if walk.explain else None, None)
+                else:
+                    hop = Hop(doc, key, res.entry, res.url, res.offset, res.length, res.data is not None)
+                self._enter(hop, walk)
+                if res is None:
+                    return None
+                if res.data is not None:
+                    loc = Location(None, data=res.data)
+                    walk.strict = False
+                else:
+                    assert res.url is not None
+                    try:
+                        pipe = Pipeline.parse(res.url)
+                    except PipelineError as exc:
+                        raise PipelineError(f"{doc} entry {res.entry}: {exc}") from None
+                    self.check(pipe.root, doc, res.entry, walk.key)
+                    if frame is not None:
+                        stack.append(frame)
+                    # An exact entry that names an object asserts that it exists (spec 11.3).
+                    walk.strict = cm.is_exact(key)
+                    frame = _Frame(pipe, res, "", doc, walk.strict)
+                    loc = Location(pipe.root)
+                    continue
+            elif frame is not None and frame.next < len(frame.pipe.adapters):
+                # The next adapter of the current pipeline.
+                assert loc is not None
+                pipe, i = frame.pipe, frame.next
+                frame.next += 1
+                adapter = pipe.adapters[i]
+                last = i == len(pipe.adapters) - 1
+                path = adapter.path + frame.suffix if last else adapter.path
+                walk.strict = frame.strict
+                if adapter.kind == "zip":
+                    loc = yield from self._zip_member(loc, path, walk)
+                    if loc is None:
+                        return None
+                else:
+                    required = frame.via is None or frame.strict
+                    found = yield from self.manifest(loc, frame.doc, adapter.name, walk, required=required)
+                    if found is None:
+                        return None
+                    lookup = (found, frame.doc, path)
+                if not last:
+                    frame.doc = f"{frame.doc}|{Adapter(adapter.name, path).format()}"
+                continue
+            # The current pipeline is done: apply its entry's window, resume the one that named it.
+            if frame is not None and frame.res is not None and loc is not None:
+                res = frame.res
+                if res.offset is not None or res.length is not None:
+                    try:
+                        loc = loc.window(res.offset, res.length)
+                    except ValueError as exc:
+                        raise TargetError(
+                            str(exc), key=walk.key, manifest=frame.via, entry=res.entry, url=res.url
+                        ) from None
+            if not stack:
+                return loc
+            frame = stack.pop()
+
+    def plan(self, key: str, byte_range: ByteRange | None) -> tuple[Read | None, Any] | None:
+        """The walk in one step, for its most common case: ``key`` resolved in :attr:`top` by an
+        entry that names an object, read directly. ``(read, expected length or None)``; ``(None,
+        answer)`` for an absent key or inline bytes; ``None``: take the walk (no top manifest
+        yet, pipelines, open-ended ranges, empty ranges, depth). It applies the rules of
+        :meth:`step` and :meth:`read` to the cases they decide in one hop; a property test
+        holds the two to the same answers. A read that finds no object must be given back to
+        the walk if :meth:`strict` says so (a dangling reference is an error)."""
+        top = self.top
+        if top is None:
+            return None
+        cm, doc, path, hops = top
+        if hops >= self.max_depth:
+            return None
+        res = cm.resolve(path + key)
+        if res is None:
+            return None, None
+        if res.data is not None:
+            start, end = clamp(byte_range, len(res.data))
+            return None, res.data[start:end]
+        url = res.url
+        assert url is not None
+        if PIPELINE_SEPARATOR in url:
+            return None
+        self.check(url, doc, res.entry, key)
+        if res.length is not None:
+            start, end = clamp(byte_range, res.length)
+            if end <= start:
                 return None
-            if i < last:
-                doc = f"{doc}|{Adapter(adapter.name, path).format()}"
-        return loc
+            offset = res.offset or 0
+            return Read(url, offset + start, offset + end, within=True, need=offset + res.length), end - start
+        if res.offset or byte_range is not None:
+            return None
+        return Read(url), None
+
+    def strict(self, key: str) -> bool:
+        """Whether a missing object for ``key``, read by :meth:`plan`, is a dangling reference."""
+        top = self.top
+        return top is not None and top[0].is_exact(top[2] + key)
 
     def _enter(self, hop: Hop, walk: Walk) -> None:
         for seen in walk.hops:
@@ -295,8 +433,10 @@ class Chain:
         cached = self._maps.get(ident)
         if cached is not None:
             return cached
-        text = yield from self.read_all(loc, walk)
+        text = yield from self.read_all(loc, walk, limit=self.max_manifest_bytes)
         if text is None:
+            if walk.strict:
+                self._absent(walk, doc, "manifest")
             if required:
                 raise TargetError("manifest not found", key=walk.key, url=doc)
             return None
@@ -315,11 +455,24 @@ class Chain:
         self._maps.put(ident, cm)
         return cm
 
+    def documents(self) -> set[str]:
+        """The root URLs of the manifests and zip archives this chain has read, and of every
+        pipeline their entries name: what writes through a store must never touch (spec 12.2)."""
+        roots = {loc.url for (_, loc, _) in list(self._maps._items) if loc.url is not None}
+        roots.update(loc.url for loc in list(self._zips._items) if loc.url is not None)
+        for cm in list(self._maps._items.values()):
+            roots.update(cm.pipeline_roots())
+        if self.top is not None:
+            roots.update(self.top[0].pipeline_roots())
+            roots.add(self.top[1].partition(PIPELINE_SEPARATOR)[0])
+        return roots
+
     def forget(self) -> None:
         """Drop every cached manifest, zip directory and policy decision (and the real paths
         the policy remembered)."""
         for cache in (self._maps, self._zips, self._offsets, self._decisions, self._folders):
             cache._items.clear()
+        self.top = None
         forget = getattr(self.policy.realpath, "forget", None)
         if forget is not None:
             forget()
@@ -339,12 +492,12 @@ class Chain:
 
     def _zip_member(self, archive: Location, name: str, walk: Walk) -> Generator[Read, Any, Location | None]:
         index = yield from self.zip_index(archive, walk)
+        where = f"{archive.url or '<inline>'}|zip:{name}"
         if index is None:
-            return None
+            return self._absent(walk, archive.url, "zip archive")
         member = index.members.get(name)
         if member is None:
-            return None
-        where = f"{archive.url or '<inline>'}|zip:{name}"
+            return self._absent(walk, where, "zip member")
         if member.encrypted or member.method not in (0, 8):
             why = "encrypted" if member.encrypted else f"compressed with method {member.method}"
             raise TargetError(f"zip member is {why}; kvmap reads stored and deflated members", key=walk.key, url=where)
@@ -405,14 +558,26 @@ class Chain:
 
     # -- reading ----------------------------------------------------------------------
 
-    def read_all(self, loc: Location, walk: Walk) -> Generator[Read, Any, Any]:
-        """All bytes of ``loc`` (``None`` if its object does not exist)."""
-        return self.read(loc, None, walk)
+    def read_all(self, loc: Location, walk: Walk, *, limit: int | None = None) -> Generator[Read, Any, Any]:
+        """All bytes of ``loc`` — a manifest, an archive's directory or member: a read shared
+        with concurrent first readers — or ``None`` if its object does not exist (the caller
+        decides what that means). Raises :class:`~kvmap.TargetError` for more than ``limit`` bytes."""
+        size = len(loc.data) if loc.data is not None else loc.length
+        if limit is not None and size is not None and size > limit:
+            raise _too_large(limit, size, walk, loc.url)
+        strict, walk.strict = walk.strict, False
+        try:
+            return (yield from self.read(loc, None, walk, limit=limit, once=True))
+        finally:
+            walk.strict = strict
 
-    def read(self, loc: Location, byte_range: ByteRange | None, walk: Walk) -> Generator[Read, Any, Any]:
+    def read(
+        self, loc: Location, byte_range: ByteRange | None, walk: Walk, *, limit: int | None = None, once: bool = False
+    ) -> Generator[Read, Any, Any]:
         """The bytes of ``byte_range`` within ``loc``, clamped to it as zarr's store contract
         says (a range past the end gives what there is). ``None`` if the object does not
-        exist. Raises :class:`~kvmap.TargetError` if the object is shorter than ``loc``."""
+        exist (a dangling reference, :class:`~kvmap.TargetError`, where ``walk.strict``).
+        Raises :class:`~kvmap.TargetError` if the object is shorter than ``loc``."""
         if loc.data is not None:
             start, end = clamp(byte_range, len(loc.data))
             return loc.data[start:end]
@@ -420,65 +585,118 @@ class Chain:
         length = loc.length
         if length is None and byte_range is not None and byte_range[0] is None and loc.offset:
             # A suffix of an open-ended window: the object's size says where it starts.
-            size = yield from self._fetch(Read(loc.url, head=True), walk)
+            size = yield from self._head(loc.url, walk)
             if size is None:
                 return None
-            length = max(0, int(size) - loc.offset)
+            length = max(0, size - loc.offset)
         if length is None:
             read = _open_ended(loc, byte_range)
         else:
             start, end = clamp(byte_range, length)
-            read = Read(loc.url, loc.offset + start, loc.offset + end, within=loc.length is not None)
+            if loc.length is None:
+                read = Read(loc.url, loc.offset + start, loc.offset + end)
+            else:
+                read = Read(loc.url, loc.offset + start, loc.offset + end, within=True, need=loc.offset + loc.length)
+        read.limit, read.once = limit, once
         if read.end is not None and read.end <= read.start:
-            size = yield from self._fetch(Read(loc.url, head=True), walk)
-            return None if size is None else b""
+            # Nothing to transfer, but the object must exist and hold its window, as for any request.
+            size = yield from self._head(loc.url, walk)
+            if size is None:
+                return None
+            self._fits(loc, size, walk)
+            return b""
         try:
             data = yield from self._fetch(read, walk)
-        except TargetError:
-            if length is not None or not read.start:
+        except TargetError as exc:
+            if isinstance(exc.__cause__, ShortObjectError):
+                raise self._short(loc, walk) from None
+            if loc.length is not None:
+                # A range of a window that the object cannot serve: is the object too short for it?
+                size = yield from self._head(loc.url, walk)
+                if size is not None:
+                    self._fits(loc, size, walk)
                 raise
-            # An open-ended window does not know its end: a request starting past it fails
-            # at the server (416, "invalid range"). zarr's contract makes that empty bytes.
-            size = yield from self._fetch(Read(loc.url, head=True), walk)
-            if size is None or int(size) > read.start:
+            if length is not None:
+                raise
+            # An open-ended window does not know its end: a request starting at or past it fails
+            # at some servers (416, "invalid range"). zarr's contract makes that empty bytes.
+            size = yield from self._head(loc.url, walk)
+            if size is None or size > read.start:
                 raise
             return b""
-        if data is not None and loc.length is not None and read.end is not None and len(data) < read.end - read.start:
-            raise TargetError(
-                f"object is shorter than the window [{loc.offset}, {loc.offset + loc.length}) its entry gives",
-                key=walk.key,
-                **_origin_of(walk),
-                url=loc.url,
-            )
+        if data is None:
+            return self._absent(walk, loc.url)
+        if loc.length is not None and read.end is not None and len(data) < read.end - read.start:
+            raise self._short(loc, walk)
         return data
 
     def read_size(self, loc: Location, walk: Walk) -> Generator[Read, Any, int | None]:
-        """The size of ``loc`` in bytes, from its object's size (``None``: no such object).
-        Raises :class:`~kvmap.TargetError` if the object is shorter than ``loc``'s window."""
+        """The size of ``loc`` in bytes, from its object's size (``None``: no such object, or
+        :class:`~kvmap.TargetError` where ``walk.strict``). Raises :class:`~kvmap.TargetError`
+        if the object is shorter than ``loc``'s window."""
         if loc.data is not None:
             return len(loc.data)
         assert loc.url is not None
-        size = yield from self._fetch(Read(loc.url, head=True), walk)
+        size = yield from self._head(loc.url, walk)
         if size is None:
             return None
         if loc.length is None:
-            return max(0, int(size) - loc.offset)
-        if int(size) < loc.offset + loc.length:
+            return max(0, size - loc.offset)
+        self._fits(loc, size, walk)
+        return loc.length
+
+    def _head(self, url: str, walk: Walk) -> Generator[Read, Any, int | None]:
+        """The size of the object at ``url``; ``None`` if it does not exist (or a dangling
+        reference error, where ``walk.strict``)."""
+        size = yield from self._fetch(Read(url, head=True), walk)
+        return self._absent(walk, url) if size is None else int(size)
+
+    def _fits(self, loc: Location, size: int, walk: Walk) -> None:
+        if loc.length is not None and size < loc.offset + loc.length:
+            raise self._short(loc, walk)
+
+    @staticmethod
+    def _short(loc: Location, walk: Walk) -> TargetError:
+        return TargetError(
+            f"object is shorter than the window [{loc.offset}, {loc.offset + (loc.length or 0)}) its entry gives",
+            key=walk.key,
+            **_origin_of(walk),
+            url=loc.url,
+        )
+
+    @staticmethod
+    def _absent(walk: Walk, url: str | None, what: str = "object") -> None:
+        """``None`` (absent) — or, where the deciding entry is an exact one naming what is
+        missing, a :class:`~kvmap.TargetError` for a dangling reference (spec 11.3)."""
+        if walk.strict:
             raise TargetError(
-                f"object is shorter than the window [{loc.offset}, {loc.offset + loc.length}) its entry gives",
+                f"dangling reference: the {what} its exact entry names does not exist "
+                "(a whiteout says absent; a prefix redirect reads a missing object as absent)",
                 key=walk.key,
                 **_origin_of(walk),
-                url=loc.url,
+                url=url,
             )
-        return loc.length
+        return None
 
     def _fetch(self, read: Read, walk: Walk) -> Generator[Read, Any, Any]:
         try:
             return (yield read)
         except ResolveError:
             raise
+        except LimitExceededError as exc:
+            raise _too_large(exc.limit, exc.size, walk, read.url) from None
         except Exception as exc:  # obstore's errors, and a URL the roots cannot open
             raise TargetError(describe(exc), key=walk.key, **_origin_of(walk), url=read.url) from exc
+
+
+def _too_large(limit: int, size: int | None, walk: Walk, url: str | None) -> TargetError:
+    said = "" if size is None else f" ({size:,} bytes)"
+    return TargetError(
+        f"manifest is larger than the limit of {limit:,} bytes{said}; raise max_manifest_bytes to read it",
+        key=walk.key,
+        **_origin_of(walk),
+        url=url,
+    )
 
 
 def describe(exc: BaseException) -> str:

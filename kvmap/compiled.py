@@ -47,7 +47,7 @@ from kvmap.errors import InvalidKeyError, ManifestError
 from kvmap.keyrange import KeyRange, key_successor, prefix_successor
 from kvmap.keytable import MAX_KEY_LENGTH, KeyTable, KeyTooLongError
 from kvmap.manifest import Manifest
-from kvmap.url import REMAINDER_SAFE, encode_remainder, resolve_target
+from kvmap.url import PIPELINE_SEPARATOR, REMAINDER_SAFE, encode_remainder, resolve_target
 
 if TYPE_CHECKING:
     from kvmap._speedups import RangeIndex
@@ -540,6 +540,12 @@ class CompiledMap:
             if target is not None:
                 yield RangeTarget(clipped.min, clipped.max, *target)
             k += 1
+
+    def pipeline_roots(self) -> set[str]:
+        """The root URLs of every pipeline that an entry's target names (``a.zip`` of
+        ``a.zip|zip:m``): the manifests and archives the map may read through."""
+        named = [*self._urls, *(t[1] for t in self._targets if t is not None)]
+        return {url.partition(PIPELINE_SEPARATOR)[0] for url in named if PIPELINE_SEPARATOR in url}
 
     def _exact_winners(self) -> Iterator[tuple[str, int]]:
         if self._table is None:

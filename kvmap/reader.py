@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,27 +51,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import obstore
 from obstore.store import LocalStore, MemoryStore
 
-from kvmap import listing
+from kvmap import backends, listing
 from kvmap.chain import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_MANIFEST_BYTES,
     ByteRange,
     Chain,
     Hop,
     Location,
     Read,
     Walk,
-    clamp,
     describe,
 )
 from kvmap.compiled import CompiledMap, compile
-from kvmap.errors import TargetError
+from kvmap.errors import TargetError, WriteError
 from kvmap.listing import List
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
 from kvmap.roots import RealPaths, Roots
-from kvmap.url import PIPELINE_SEPARATOR, is_absolute
+from kvmap.url import is_absolute
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -81,7 +82,7 @@ if TYPE_CHECKING:
     #: What reads return: obstore's zero-copy ``Bytes``, or ``bytes`` for inline values.
     Data: TypeAlias = bytes | Bytes
 
-__all__ = ["Explained", "Reader"]
+__all__ = ["Explained", "Reader", "Write"]
 
 T = TypeVar("T")
 #: Stores whose reads may be blocking calls on the event loop's thread (module docstring).
@@ -95,11 +96,25 @@ _Lister = Generator[Read | List, Any, T]  # listings also ask for object listing
 
 @dataclass(frozen=True, slots=True)
 class Explained:
-    """A key's whole walk: every manifest hop in order, and where it ends (``None``: absent)."""
+    """A key's whole walk: every manifest hop in order, and where it ends (``None``: absent).
+    ``exact``: the entry deciding the location is an exact one naming an object."""
 
     key: str
     hops: tuple[Hop, ...]
     location: Location | None
+    exact: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A write (or ``delete``) of ``key`` to the object at root URL ``url``, which entry
+    ``entry`` of ``manifest`` sent it to."""
+
+    key: str
+    manifest: str | None
+    entry: int | None
+    url: str
+    delete: bool = False
 
 
 class Reader:
@@ -113,13 +128,27 @@ class Reader:
     (credentials, endpoints, client options); ``max_depth`` bounds the manifest
     hops of one key; ``cache_size`` the manifests kept; ``local_blocking_limit``
     the largest local read the async methods make with a blocking call (see the
-    module; 0: none). Raises ``ValueError`` for a negative ``local_blocking_limit``.
+    module; 0: none); ``max_manifest_bytes`` the largest manifest (or zip directory) read,
+    refused before it is read and while it is read (default 2 GiB). Raises ``ValueError`` for a
+    negative ``local_blocking_limit``.
 
     Missing things are ``None``; every failure raises a :class:`~kvmap.KvmapError`
     naming the key, the manifest entry and the URL.
     """
 
-    __slots__ = ("_blocking", "_doc", "_map", "_pipe", "_top", "chain", "options", "roots", "target")
+    __slots__ = (
+        "_blocking",
+        "_doc",
+        "_flights",
+        "_lock",
+        "_map",
+        "_pipe",
+        "_tasks",
+        "chain",
+        "options",
+        "roots",
+        "target",
+    )
 
     def __init__(
         self,
@@ -131,6 +160,7 @@ class Reader:
         max_depth: int = DEFAULT_MAX_DEPTH,
         cache_size: int = DEFAULT_CACHE_SIZE,
         local_blocking_limit: int = DEFAULT_LOCAL_BLOCKING_LIMIT,
+        max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
     ) -> None:
         if local_blocking_limit < 0:
             raise ValueError(f"local_blocking_limit must be >= 0, not {local_blocking_limit}")
@@ -142,20 +172,23 @@ class Reader:
             "max_depth": max_depth,
             "cache_size": cache_size,
             "local_blocking_limit": local_blocking_limit,
+            "max_manifest_bytes": max_manifest_bytes,
         }
         self._blocking = local_blocking_limit
         # file:// targets are held to real paths: a symbolic link cannot lead out of what allows them.
         policy = Policy(allow, allow_all=allow_all, realpath=RealPaths())
-        self.chain = Chain(policy, max_depth=max_depth, cache_size=cache_size)
+        self.chain = Chain(policy, max_depth=max_depth, cache_size=cache_size, max_manifest_bytes=max_manifest_bytes)
         self.roots = Roots(stores)
+        # Reads in flight that concurrent walks share (Read.once): tasks per event loop, and
+        # flights for threads.
+        self._tasks: dict[tuple[Read, asyncio.AbstractEventLoop], asyncio.Task[Any]] = {}
+        self._flights: dict[Read, _Flight] = {}
+        self._lock = threading.Lock()
         self._map: CompiledMap | None = None
         self._pipe: Pipeline | None = None
-        # The top manifest, its document URL and key prefix, once known: the fast path of get().
-        self._top: tuple[CompiledMap, str, str] | None = None
         if isinstance(target, Manifest):
             self._map = compile(target)
             self._doc = target.url or target.name or "<manifest>"
-            self._top = (self._map, self._doc, "")
         else:
             pipe = Pipeline.parse(manifest_url(target))
             if not pipe.adapters or pipe.adapters[-1].kind != "manifest":
@@ -197,7 +230,7 @@ class Reader:
     def _explain(self, key: str) -> _Walker[Explained]:
         walk = Walk(key, explain=True)
         loc = yield from self._locate(key, walk)
-        return Explained(key, tuple(walk.hops), loc)
+        return Explained(key, tuple(walk.hops), loc, walk.strict)
 
     def _size(self, key: str) -> _Walker[int | None]:
         walk = Walk(key)
@@ -206,10 +239,11 @@ class Reader:
             return None
         return (yield from self.chain.read_size(loc, walk))
 
-    def _namespace(self) -> _Lister[tuple[CompiledMap, str, str]]:
-        """The top manifest, its document URL, and the key prefix the target gives in it."""
+    def _namespace(self) -> _Lister[tuple[CompiledMap, str, str, int]]:
+        """The top manifest, its document URL, the key prefix the target gives in it, and the
+        manifest hops it took to reach it."""
         if self._map is not None:
-            return self._map, self._doc, ""
+            return self._map, self._doc, "", 0
         assert self._pipe is not None
         left = Pipeline(self._pipe.root, self._pipe.adapters[:-1])
         walk = Walk(None)
@@ -222,15 +256,15 @@ class Reader:
         )
         if cm is None:
             raise TargetError("manifest not found", url=self._doc)
-        return cm, left.format(), last.path
+        return cm, left.format(), last.path, len(walk.hops)
 
     def _list(self, prefix: str) -> _Lister[list[str]]:
-        cm, doc, path = yield from self._namespace()
+        cm, doc, path, _ = yield from self._namespace()
         found: list[str] = yield from listing.keys(self.chain, cm, doc, path + prefix)
         return [k[len(path) :] for k in found]
 
     def _list_dir(self, directory: str) -> _Lister[list[str]]:
-        cm, doc, path = yield from self._namespace()
+        cm, doc, path, _ = yield from self._namespace()
         inner = path + directory
         if inner == "" or inner.endswith("/"):
             names: list[str] = yield from listing.children(self.chain, cm, doc, inner)
@@ -242,9 +276,10 @@ class Reader:
 
     async def get(self, key: str, byte_range: ByteRange | None = None) -> Data | None:
         """The bytes of ``key`` (within ``byte_range``), or ``None`` if it does not exist."""
-        if self._top is None and self._pipe is not None and self.chain.max_depth > 0:
-            self._top = await self._drive(self._namespace())
-        plan = self._plan(key, byte_range)
+        chain = self.chain
+        if chain.top is None:
+            chain.top = await self._drive(self._namespace())
+        plan = chain.plan(key, byte_range)
         if plan is not None:
             read, want = plan
             if read is None:
@@ -253,40 +288,9 @@ class Reader:
                 data = await self._read_async(read)
             except Exception:
                 data = _WALK  # the walk reads again and reports the failure with its context
-            if _answers(data, want):
+            if _answers(data, want, chain, key):
                 return data  # type: ignore[no-any-return]
         return await self._drive(self._get(key, byte_range))
-
-    def _plan(self, key: str, byte_range: ByteRange | None) -> tuple[Read | None, Any] | None:
-        """The fast path of :meth:`get` for the common case, one hop to an object: ``(read,
-        expected length or None)``, or ``(None, answer)`` for an absent key or inline bytes.
-        ``None``: take the walk (pipelines, open-ended ranges, empty ranges). It applies the
-        walk's rules (:meth:`Chain.step`, :meth:`Chain.read`) to a case they decide in one step;
-        tests compare the two on generated manifests."""
-        top = self._top
-        if top is None:
-            return None
-        cm, doc, path = top
-        res = cm.resolve(path + key)
-        if res is None:
-            return None, None
-        if res.data is not None:
-            start, end = clamp(byte_range, len(res.data))
-            return None, res.data[start:end]
-        url = res.url
-        assert url is not None
-        if PIPELINE_SEPARATOR in url:
-            return None
-        self.chain.check(url, doc, res.entry, key)
-        if res.length is not None:
-            start, end = clamp(byte_range, res.length)
-            if end <= start:
-                return None
-            offset = res.offset or 0
-            return Read(url, offset + start, offset + end, within=True), end - start
-        if res.offset or byte_range is not None:
-            return None
-        return Read(url), None
 
     async def get_many(
         self, keys: Sequence[str], byte_ranges: Sequence[ByteRange | None] | None = None
@@ -330,27 +334,25 @@ class Reader:
     async def _read_async(self, r: Read | List) -> Any:
         if isinstance(r, List):
             return await self._list_async(r)
+        if r.once:
+            return await self._shared_async(r)
         store, path = self.roots.open(r.url)
         # The most this read may take with a blocking call (module docstring): local stores only.
-        near = self._blocking if isinstance(store, _NEAR) else 0
-        try:
-            if r.head:
-                return (obstore.head(store, path) if near else await obstore.head_async(store, path))["size"]
-            if r.end is not None:
-                if near and r.end - r.start <= near:
-                    return obstore.get_range(store, path, start=r.start, end=r.end)
-                return await obstore.get_range_async(store, path, start=r.start, end=r.end)
-            if near:
-                # Opening a local object is cheap; its size decides how to read it.
-                result = obstore.get(store, path, options=_get_options(r))
-                start, end = result.range
-                if end - start <= near:
-                    return result.bytes()
-            else:
-                result = await obstore.get_async(store, path, options=_get_options(r))
-            return await result.bytes_async()
-        except FileNotFoundError:
-            return None
+        return await backends.read_async(store, path, r, self._blocking if isinstance(store, backends.NEAR) else 0)
+
+    async def _shared_async(self, r: Read) -> Any:
+        """``r`` read once for every walk that asks for it while it is in flight (a manifest's
+        first readers): one task per (read, event loop), awaited by each."""
+        loop = asyncio.get_running_loop()
+        flight = (r, loop)
+        task = self._tasks.get(flight)
+        if task is None:
+            store, path = self.roots.open(r.url)
+            near = self._blocking if isinstance(store, backends.NEAR) else 0
+            task = loop.create_task(backends.read_async(store, path, r, near))
+            self._tasks[flight] = task
+            task.add_done_callback(lambda _: self._tasks.pop(flight, None))
+        return await asyncio.shield(task)
 
     async def _drive_many(self, walkers: list[_Walker[Any]]) -> list[Any]:
         results, pending = _start(walkers)
@@ -365,11 +367,13 @@ class Reader:
             if len(reads) == 1:
                 return [await self._read_async(reads[0])]
             store, path = self.roots.open(url)
-            starts, ends = [r.start for r in reads], [r.end for r in reads]
-            if isinstance(store, _NEAR) and sum(ends) - sum(starts) <= self._blocking:  # type: ignore[arg-type]
-                return list(obstore.get_ranges(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
-            return list(await obstore.get_ranges_async(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
-        except FileNotFoundError:
+            near = self._blocking if isinstance(store, backends.NEAR) else 0
+            return await backends.read_ranges_async(store, path, reads, near)
+        except FileNotFoundError as exc:
+            try:
+                backends.missing(store, exc)
+            except backends.MissingBucketError as bucket:
+                return bucket
             return [None] * len(reads)
         except BaseException as exc:
             if not _failed(exc):
@@ -383,9 +387,10 @@ class Reader:
 
     def get_sync(self, key: str, byte_range: ByteRange | None = None) -> Data | None:
         """:meth:`get`, with blocking I/O."""
-        if self._top is None and self._pipe is not None and self.chain.max_depth > 0:
-            self._top = self._drive_sync(self._namespace())
-        plan = self._plan(key, byte_range)
+        chain = self.chain
+        if chain.top is None:
+            chain.top = self._drive_sync(self._namespace())
+        plan = chain.plan(key, byte_range)
         if plan is not None:
             read, want = plan
             if read is None:
@@ -394,7 +399,7 @@ class Reader:
                 data = self._read_sync(read)
             except Exception:
                 data = _WALK
-            if _answers(data, want):
+            if _answers(data, want, chain, key):
                 return data  # type: ignore[no-any-return]
         return self._drive_sync(self._get(key, byte_range))  # type: ignore[no-any-return]
 
@@ -444,24 +449,45 @@ class Reader:
     def _read_sync(self, r: Read | List) -> Any:
         if isinstance(r, List):
             return self._list_sync(r)
+        if r.once:
+            return self._shared_sync(r)
         store, path = self.roots.open(r.url)
-        try:
-            if r.head:
-                return obstore.head(store, path)["size"]
-            if r.end is not None:
-                return obstore.get_range(store, path, start=r.start, end=r.end)
-            return obstore.get(store, path, options=_get_options(r)).bytes()
-        except FileNotFoundError:
-            return None
+        return backends.read_sync(store, path, r)
+
+    def _shared_sync(self, r: Read) -> Any:
+        """``r`` read once for every thread that asks for it while it is in flight."""
+        with self._lock:
+            flight = self._flights.get(r)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[r] = _Flight()
+        if leader:
+            try:
+                store, path = self.roots.open(r.url)
+                flight.answer = backends.read_sync(store, path, r)
+            except BaseException as exc:
+                flight.error = exc
+            finally:
+                with self._lock:
+                    del self._flights[r]
+                flight.done.set()
+        else:
+            flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.answer
 
     def _read_group_sync(self, url: str, reads: list[Read]) -> list[Any] | BaseException:
         try:
             if len(reads) == 1:
                 return [self._read_sync(reads[0])]
             store, path = self.roots.open(url)
-            starts, ends = [r.start for r in reads], [r.end for r in reads]
-            return list(obstore.get_ranges(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
-        except FileNotFoundError:
+            return backends.read_ranges_sync(store, path, reads)
+        except FileNotFoundError as exc:
+            try:
+                backends.missing(store, exc)
+            except backends.MissingBucketError as bucket:
+                return bucket
             return [None] * len(reads)
         except BaseException as exc:
             if not _failed(exc):
@@ -470,6 +496,66 @@ class Reader:
                 return exc
         # One bad range fails the whole coalesced request: give each read its own answer.
         return [_answer_of(self._read_sync, r) for r in reads]
+
+    # -- writes -----------------------------------------------------------------------
+
+    def is_document(self, explained: Explained) -> bool:
+        """Whether ``explained`` ends on the object of a manifest or zip archive this reader
+        reads through (:meth:`Chain.documents`): compared as (store, path), by real path for
+        local files, so that no spelling or link of the URL escapes the comparison."""
+        loc = explained.location
+        if loc is None or loc.url is None:
+            return False
+        mine = self._place(loc.url)
+        return mine is not None and any(self._place(url) == mine for url in self.chain.documents())
+
+    def _place(self, url: str) -> tuple[int, str] | None:
+        try:
+            store, path = self.roots.open(url)
+        except Exception:
+            return None
+        if isinstance(store, LocalStore):
+            path = os.path.realpath("/" + path)
+        return id(store), path
+
+    async def write(self, w: Write, data: Any) -> None:
+        """Put ``data`` at ``w.url`` (``w.delete``: delete it; a missing object is no error).
+        Raises :class:`~kvmap.WriteError` naming key, entry and URL if it fails."""
+        store, path = self._open_for_write(w)
+        try:
+            try:
+                if w.delete:
+                    await obstore.delete_async(store, path)
+                else:
+                    await obstore.put_async(store, path, data)
+            except FileNotFoundError as exc:
+                backends.missing(store, exc)  # a missing bucket is an error, for deletes too
+                if not w.delete:  # deleting a missing object is not (local stores raise it)
+                    raise
+        except Exception as exc:
+            raise _write_failed(w, exc) from exc
+
+    def write_sync(self, w: Write, data: Any) -> None:
+        """:meth:`write`, with blocking I/O."""
+        store, path = self._open_for_write(w)
+        try:
+            try:
+                if w.delete:
+                    obstore.delete(store, path)
+                else:
+                    obstore.put(store, path, data)
+            except FileNotFoundError as exc:
+                backends.missing(store, exc)
+                if not w.delete:
+                    raise
+        except Exception as exc:
+            raise _write_failed(w, exc) from exc
+
+    def _open_for_write(self, w: Write) -> tuple[ObjectStore, str]:
+        try:
+            return self.roots.open(w.url)
+        except Exception as exc:
+            raise _write_failed(w, exc) from exc
 
     # -- listings ---------------------------------------------------------------------
 
@@ -513,9 +599,28 @@ class Reader:
         return store, base, base + r.prefix
 
 
-def _answers(data: Any, want: int | None) -> bool:
-    """Whether what get()'s fast path read answers the key: no object, or the bytes it expected."""
-    return data is None or (data is not _WALK and (want is None or len(data) == want))
+class _Flight:
+    """A read that one thread makes for every thread that waits on ``done``."""
+
+    __slots__ = ("answer", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answer: Any = None
+        self.error: BaseException | None = None
+
+
+def _write_failed(w: Write, exc: BaseException) -> WriteError:
+    verb = "delete" if w.delete else "write"
+    return WriteError(f"{verb} failed: {describe(exc)}", key=w.key, manifest=w.manifest, entry=w.entry, url=w.url)
+
+
+def _answers(data: Any, want: int | None, chain: Chain, key: str) -> bool:
+    """Whether what get()'s fast path read answers the key: the bytes it expected, or no object
+    where that means absent (not a dangling reference, which the walk reports)."""
+    if data is None:
+        return not chain.strict(key)
+    return data is not _WALK and (want is None or len(data) == want)
 
 
 def _failed(exc: BaseException) -> bool:
@@ -570,14 +675,6 @@ def manifest_url(target: str | os.PathLike[str]) -> str:
 
 def _rebuild_reader(target: str | os.PathLike[str] | Manifest, options: dict[str, Any]) -> Reader:
     return Reader(target, **options)
-
-
-def _get_options(r: Read) -> Any:
-    if r.suffix is not None:
-        return {"range": {"suffix": r.suffix}}
-    if r.start:
-        return {"range": {"offset": r.start}}
-    return None
 
 
 # -- batches: many walks, their reads grouped by object ------------------------------------

@@ -23,22 +23,17 @@ names; any other key refuses the write with a :class:`~kvmap.WriteError`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
-import obstore
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
-from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, ByteRange
+from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MANIFEST_BYTES, ByteRange
 from kvmap.errors import WriteError
 from kvmap.manifest import Manifest
-from kvmap.reader import DEFAULT_LOCAL_BLOCKING_LIMIT, Explained, Reader, manifest_url
-
-if TYPE_CHECKING:
-    from obstore.store import ObjectStore
+from kvmap.reader import DEFAULT_LOCAL_BLOCKING_LIMIT, Explained, Reader, Write, manifest_url
 
 __all__ = ["KVMapStore"]
 
@@ -49,7 +44,7 @@ class KVMapStore(Store):
     ``target`` is what :class:`~kvmap.Reader` opens: a manifest path or URL, a
     pipeline ending in ``|kvmap:`` (its path is a key prefix), or a
     :class:`~kvmap.Manifest`. ``allow``, ``allow_all``, ``stores``, ``max_depth``,
-    ``cache_size`` and ``local_blocking_limit`` are the Reader's. The store pickles
+    ``cache_size``, ``local_blocking_limit`` and ``max_manifest_bytes`` are the Reader's. The store pickles
     by this configuration and equals its unpickled copy.
 
     Missing keys read as ``None``; every failure raises a :class:`~kvmap.KvmapError`
@@ -73,6 +68,7 @@ class KVMapStore(Store):
         max_depth: int = DEFAULT_MAX_DEPTH,
         cache_size: int = DEFAULT_CACHE_SIZE,
         local_blocking_limit: int = DEFAULT_LOCAL_BLOCKING_LIMIT,
+        max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
     ) -> None:
         super().__init__(read_only=read_only)
         if not isinstance(target, Manifest):
@@ -85,6 +81,7 @@ class KVMapStore(Store):
             max_depth=max_depth,
             cache_size=cache_size,
             local_blocking_limit=local_blocking_limit,
+            max_manifest_bytes=max_manifest_bytes,
         )
 
     @property
@@ -208,37 +205,49 @@ class KVMapStore(Store):
         """Write ``value`` to the object ``key`` redirects to.
 
         Raises ``ValueError`` if the store is read-only, :class:`~kvmap.WriteError`
-        if ``key``'s entry cannot take writes.
+        if ``key``'s entry cannot take writes, if the object is a manifest or archive the
+        store reads through, or if the write fails (the old bytes stay as they were).
         """
         self._check_writable()
-        store, path = self._writable(await self.reader.explain(key))
-        await obstore.put_async(store, path, value.as_buffer_like())
+        write = self._writable(await self.reader.explain(key))
+        await self.reader.write(write, value.as_buffer_like())
 
     def set_sync(self, key: str, value: Buffer) -> None:
         """:meth:`set` without an event loop."""
         self._check_writable()
-        store, path = self._writable(self.reader.explain_sync(key))
-        obstore.put(store, path, value.as_buffer_like())
+        self.reader.write_sync(self._writable(self.reader.explain_sync(key)), value.as_buffer_like())
 
     async def delete(self, key: str) -> None:
         """Delete the object ``key`` redirects to (nothing if there is none).
 
-        Raises as :meth:`set` does.
+        Raises as :meth:`set` does, and :class:`~kvmap.WriteError` if the key's entry is an
+        exact one naming a whole object: the manifest would be left naming a missing object,
+        a dangling reference (map the key with a prefix redirect to make it deletable).
         """
         self._check_writable()
-        store, path = self._writable(await self.reader.explain(key))
-        with contextlib.suppress(FileNotFoundError):  # local stores raise it; S3 and memory do not
-            await obstore.delete_async(store, path)
+        await self.reader.write(self._writable(await self.reader.explain(key), delete=True), None)
 
     def delete_sync(self, key: str) -> None:
         """:meth:`delete` without an event loop."""
         self._check_writable()
-        store, path = self._writable(self.reader.explain_sync(key))
-        with contextlib.suppress(FileNotFoundError):
-            obstore.delete(store, path)
+        self.reader.write_sync(self._writable(self.reader.explain_sync(key), delete=True), None)
 
-    def _writable(self, explained: Explained) -> tuple[ObjectStore, str]:
-        """The store and path a write of ``explained.key`` goes to, or a :class:`WriteError`."""
+    async def delete_dir(self, prefix: str) -> None:
+        """Delete every key below ``prefix`` (``""``: all, as :meth:`clear` does), except the
+        manifests and archives the store reads through, which a store never writes (spec 12.2):
+        ``zarr.open_group(store, mode="w")`` over a redirect onto the manifest's own directory
+        keeps the manifest. Raises as :meth:`delete` does for any other key."""
+        self._check_writable()
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        for key in await self.reader.list_prefix(prefix):
+            explained = await self.reader.explain(key)
+            if self.reader.is_document(explained):
+                continue
+            await self.reader.write(self._writable(explained, delete=True), None)
+
+    def _writable(self, explained: Explained, *, delete: bool = False) -> Write:
+        """Where a write (or ``delete``) of ``explained.key`` goes, or a :class:`WriteError`."""
         key, loc = explained.key, explained.location
         hop = explained.hops[-1] if explained.hops else None
         where: dict[str, Any] = {"key": key}
@@ -258,7 +267,19 @@ class KVMapStore(Store):
         if loc.offset or loc.length is not None:
             raise WriteError("cannot write: the value is a byte window of a larger object", **where)
         assert loc.url is not None
-        return self.reader.roots.open(loc.url)
+        if self.reader.is_document(explained):
+            raise WriteError(
+                "cannot write: the object is a manifest or archive this store reads through "
+                "(manifests are never written)",
+                **where,
+            )
+        if delete and explained.exact:
+            raise WriteError(
+                "cannot delete: the key's exact entry names this object, and would name a missing one "
+                "(map the key with a prefix redirect to delete it, or write a whiteout into the manifest)",
+                **where,
+            )
+        return Write(key, hop.manifest if hop else None, hop.entry if hop else None, loc.url, delete)
 
 
 def _byte_range(request: ByteRequest | None) -> ByteRange | None:

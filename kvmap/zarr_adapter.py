@@ -8,7 +8,7 @@ zarr without it the classes stand alone and nothing imports them, so older zarr
 versions are unaffected.
 
 kvmap's own options come through ``storage_options``: ``allow``, ``allow_all``,
-``stores``, ``max_depth``, ``cache_size``, ``local_blocking_limit`` and
+``stores``, ``max_depth``, ``cache_size``, ``local_blocking_limit``, ``max_manifest_bytes`` and
 ``read_only``; ``mode="r"`` opens read-only.
 """
 
@@ -29,7 +29,7 @@ else:
 
 __all__ = ["ChunkManifestAdapter", "KvmapAdapter"]
 
-_OPTIONS = ("allow", "allow_all", "stores", "max_depth", "cache_size", "local_blocking_limit")
+_OPTIONS = ("allow", "allow_all", "stores", "max_depth", "cache_size", "local_blocking_limit", "max_manifest_bytes")
 
 
 class KvmapAdapter(_Base):

@@ -12,9 +12,13 @@ from fuzz.fuzz_manifest import check
 ROOT = Path(__file__).parent.parent
 SEEDS = sorted((ROOT / "fuzz" / "corpus").glob("*.json"))
 VECTOR_DOCS = [
-    json.dumps(case["manifest"]).encode()
+    json.dumps(doc).encode()
     for path in sorted((ROOT / "spec" / "conformance").glob("*.json"))
     for case in json.loads(path.read_text(encoding="utf-8"))["cases"]
+    # The read vectors (reads.json) hold their manifests among the objects of their world.
+    for doc in (
+        [case["manifest"]] if "manifest" in case else [o["json"] for o in case["objects"].values() if "json" in o]
+    )
 ]
 
 

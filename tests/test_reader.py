@@ -103,10 +103,20 @@ def test_inline_whiteout_missing_and_uncovered_are_absent_or_bytes(local: Path) 
     assert r.get_sync("in/inline", (1, 3)) == b"el"
     assert r.get_sync("in/gone") is None
     assert r.get_sync("in/uncovered") is None
-    assert r.get_sync("in/nofile") is None
     assert r.get_sync("tree/absent") is None
     assert r.get_sync("nowhere") is None
-    assert r.get_sync("missing/x") is None  # a nested manifest that does not exist: absent
+    assert r.get_sync("missing/x") is None  # a prefix onto a nested manifest that does not exist: absent
+
+
+def test_an_exact_entry_naming_a_missing_object_is_a_dangling_reference(local: Path) -> None:
+    # Regression: it read as absent, and zarr filled the chunk with its fill value.
+    r = kvmap.Reader(local / "m.json")
+    for read in (r.get_sync, r.size_sync, lambda k: r.get_many_sync([k])[0], lambda k: r.get_sync(k, (0, 2))):
+        with pytest.raises(kvmap.TargetError, match="dangling reference") as info:
+            read("in/nofile")
+        assert info.value.key == "in/nofile"
+        assert info.value.entry == 5
+        assert info.value.url is not None and info.value.url.endswith("nothing.bin")
 
 
 def test_an_object_shorter_than_its_window_is_an_error(local: Path) -> None:
@@ -378,7 +388,8 @@ def test_http_targets(web: tuple[RangeHTTPServer, str]) -> None:
     r = kvmap.Reader(url, stores={server.url: {"retry_config": NO_RETRIES}})
     assert bytes(r.get_sync("ok")) == DATA[16:32]
     assert bytes(r.get_sync("ok", (None, 4))) == DATA[28:32]
-    assert r.get_sync("missing") is None
+    with pytest.raises(kvmap.TargetError, match="dangling reference"):  # an exact entry names it
+        r.get_sync("missing")
 
 
 @pytest.mark.parametrize(("key", "why"), [("e500", "GenericError"), ("e403", "PermissionDenied"), ("short", "shorter")])

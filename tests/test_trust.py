@@ -1,0 +1,270 @@
+"""Regressions for the holes found when kvmap was attacked (issue 11): data loss through writes,
+resource limits, deep chains, shared loads, stale caches, missing buckets and failed writes.
+
+Real stores only: local files, memory stores, the loopback S3 API server and HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import obstore
+import pytest
+import zarr
+from zarr.core.buffer import cpu
+
+import kvmap
+from kvmap.store import KVMapStore
+from tests.servers import RangeHTTPServer, S3Server
+
+NO_RETRIES = {"max_retries": 0}
+
+
+def _memory(prefix: str = "trust") -> tuple[str, Any]:
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return f"memory://{name}/", kvmap.memory_store(name)
+
+
+def _put_json(store: Any, path: str, doc: Any) -> None:
+    obstore.put(store, path, json.dumps(doc).encode())
+
+
+# -- writes never touch the manifests and archives a store reads through --------------------------
+
+
+def test_a_redirect_over_the_manifests_own_directory_keeps_the_manifest(tmp_path: Path) -> None:
+    # Regression: zarr.open_group(mode="w") cleared the store and deleted m.json itself.
+    (tmp_path / "m.json").write_text(json.dumps([{"prefix": "", "path": "./"}]))
+    store = KVMapStore(tmp_path / "m.json")
+    group = zarr.open_group(store, mode="w")
+    group.create_array("x", shape=(4,), chunks=(2,), dtype="i4")
+    zarr.open_group(store, mode="w")  # clears the hierarchy again: every key but the manifest
+    assert json.loads((tmp_path / "m.json").read_text()) == [{"prefix": "", "path": "./"}]
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").rglob("*.json"))
+    value = cpu.Buffer.from_bytes(b"overwritten")
+    for write in (
+        lambda: store.set_sync("m.json", value),
+        lambda: asyncio.run(store.set("m.json", value)),
+        lambda: store.delete_sync("m.json"),
+        lambda: asyncio.run(store.delete("m.json")),
+    ):
+        with pytest.raises(kvmap.WriteError, match="manifest or archive"):
+            write()
+    assert json.loads((tmp_path / "m.json").read_text()) == [{"prefix": "", "path": "./"}]
+
+
+def test_nested_manifests_archives_and_links_to_them_are_protected(tmp_path: Path) -> None:
+    (tmp_path / "inner.json").write_text(json.dumps([{"prefix": "", "path": "data/"}]))
+    (tmp_path / "m.json").write_text(
+        json.dumps([{"prefix": "", "path": "./"}, {"prefix": "in/", "path": "inner.json|kvmap:"}])
+    )
+    os.symlink(tmp_path / "inner.json", tmp_path / "alias.json")
+    (tmp_path / "sub").symlink_to(tmp_path)
+    store = KVMapStore(tmp_path / "m.json")
+    value = cpu.Buffer.from_bytes(b"x")
+    # inner.json is named by an entry even before any key is read through it.
+    for key in ("inner.json", "alias.json", "sub/inner.json", "sub/m.json"):
+        with pytest.raises(kvmap.WriteError, match="manifest or archive"):
+            store.set_sync(key, value)
+    store.set_sync("in/c/0", value)  # a write through the nested manifest lands in its data/
+    assert (tmp_path / "data" / "c" / "0").read_bytes() == b"x"
+    assert json.loads((tmp_path / "inner.json").read_text()) == [{"prefix": "", "path": "data/"}]
+
+
+# -- failed writes are kvmap errors; the old bytes survive ----------------------------------------
+
+
+def test_a_failed_local_write_is_a_write_error_and_keeps_the_old_bytes(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text(json.dumps([{"prefix": "", "path": "d/"}]))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "file").write_bytes(b"old")
+    store = KVMapStore(tmp_path / "m.json")
+    # A parent that is a file: no object can be written below it (root ignores permissions).
+    with pytest.raises(kvmap.WriteError, match="write failed") as info:
+        store.set_sync("file/below", cpu.Buffer.from_bytes(b"new"))
+    assert info.value.key == "file/below"
+    assert info.value.entry == 0
+    assert info.value.url is not None and info.value.url.endswith("d/file/below")
+    assert (tmp_path / "d" / "file").read_bytes() == b"old"
+
+
+def _s3(s3_server: S3Server) -> tuple[str, dict[str, Any]]:
+    root = s3_server.endpoint.replace("http://", "s3+http://") + "/"
+    options = {
+        "access_key_id": S3Server.ACCESS_KEY_ID,
+        "secret_access_key": S3Server.SECRET_ACCESS_KEY,
+        "region": S3Server.REGION,
+        "retry_config": NO_RETRIES,
+    }
+    return root, {root: options}
+
+
+def test_a_missing_bucket_is_an_error_not_absence(s3_server: S3Server) -> None:
+    # Regression: a target in a missing bucket read as absent, and zarr filled the chunk.
+    root, stores = _s3(s3_server)
+    home = f"kv-{uuid.uuid4().hex[:12]}"
+    gone = f"gone-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(home)
+    manifest = [{"prefix": "c/", "path": f"{root}{gone}/data/"}, {"key": "k", "path": f"{root}{gone}/k"}]
+    s3_server.put(home, "m.json", json.dumps(manifest).encode())
+    store = KVMapStore(f"{root}{home}/m.json", stores=stores, allow=[f"{root}{gone}/"])
+    reader = store.reader
+    reads = (
+        lambda k: reader.get_sync(k),
+        lambda k: asyncio.run(reader.get(k)),
+        lambda k: reader.size_sync(k),
+        lambda k: reader.get_many_sync([k, k]),
+        lambda k: reader.get_sync(k, (0, 2)),
+    )
+    for key in ("c/0", "k"):
+        for read in reads:
+            with pytest.raises(kvmap.TargetError, match="bucket does not exist") as info:
+                read(key)
+            assert info.value.key == key
+    for write in (
+        lambda: store.set_sync("c/0", cpu.Buffer.from_bytes(b"x")),
+        lambda: store.delete_sync("c/0"),
+    ):
+        with pytest.raises(kvmap.WriteError, match="bucket does not exist|NoSuchBucket"):
+            write()
+    s3_server.create_bucket(gone)  # once it exists, a missing object under the prefix is absent again
+    fresh = kvmap.Reader(f"{root}{home}/m.json", stores=stores, allow=[f"{root}{gone}/"])
+    assert fresh.get_sync("c/0") is None
+    assert fresh.size_sync("c/0") is None
+
+
+# -- resource limits and deep chains ---------------------------------------------------------------
+
+
+def test_a_huge_sparse_manifest_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text(json.dumps([{"prefix": "big/", "path": "huge.json|kvmap:"}]))
+    with open(tmp_path / "huge.json", "wb") as f:
+        f.truncate(1 << 40)  # 1 TiB, sparse: reading it would abort the interpreter
+    reader = kvmap.Reader(tmp_path / "m.json")
+    with pytest.raises(kvmap.TargetError, match="larger than the limit") as info:
+        reader.get_sync("big/x")
+    assert info.value.key == "big/x"
+    with pytest.raises(kvmap.TargetError, match="larger than the limit"):
+        kvmap.Reader(tmp_path / "huge.json").get_sync("x")  # the caller's own manifest too
+
+
+def test_the_manifest_limit_is_configurable_and_holds_for_every_store(tmp_path: Path) -> None:
+    url, store = _memory()
+    _put_json(store, "m.json", [{"prefix": "", "path": "inner.json|kvmap:"}])
+    _put_json(store, "inner.json", [{"key": "k", "data": "aGk="}] * 100)
+    assert kvmap.Reader(f"{url}m.json").get_sync("k") == b"hi"
+    small = kvmap.Reader(f"{url}m.json", max_manifest_bytes=1000)
+    with pytest.raises(kvmap.TargetError, match="limit of 1,000 bytes"):
+        small.get_sync("k")
+    with pytest.raises(kvmap.TargetError, match="limit of 10 bytes"):
+        asyncio.run(kvmap.Reader(f"{url}m.json", max_manifest_bytes=10).get("k"))
+
+
+def test_a_chain_longer_than_the_recursion_limit_reads(tmp_path: Path) -> None:
+    # Regression: about 490 hops raised RecursionError under a large max_depth.
+    url, store = _memory()
+    hops = 550
+    for i in range(hops):
+        _put_json(store, f"m{i}.json", [{"prefix": "", "path": f"m{i + 1}.json|kvmap:"}])
+    _put_json(store, f"m{hops}.json", [{"key": "k", "data": "ZGVlcA=="}])
+    reader = kvmap.Reader(f"{url}m0.json", max_depth=600)
+    assert reader.get_sync("k") == b"deep"
+    assert asyncio.run(reader.get("k")) == b"deep"
+    assert len(reader.explain_sync("k").hops) == hops + 1
+    with pytest.raises(kvmap.ChainError, match="deeper than 100"):
+        kvmap.Reader(f"{url}m0.json", max_depth=100).get_sync("k")
+
+
+def test_max_depth_holds_on_the_fast_path() -> None:
+    url, store = _memory()
+    obstore.put(store, "a", b"bytes")
+    m = kvmap.Manifest.from_json([{"key": "k", "path": "a"}], url=f"{url}m.json")
+    assert kvmap.Reader(m, max_depth=1).get_sync("k") == b"bytes"
+    for reader in (kvmap.Reader(m, max_depth=0),):
+        with pytest.raises(kvmap.ChainError):
+            reader.get_sync("k")
+        with pytest.raises(kvmap.ChainError):
+            asyncio.run(reader.get("k"))
+    _put_json(store, "top.json", [{"prefix": "", "path": "m2.json|kvmap:"}])
+    _put_json(store, "m2.json", [{"key": "k", "path": "a"}])
+    # The top manifest of a pipeline is one hop in: a fast path read is a second.
+    with pytest.raises(kvmap.ChainError):
+        kvmap.Reader(f"{url}top.json|kvmap:|kvmap:", max_depth=1).get_sync("k")
+
+
+# -- one cache, forgotten at once -------------------------------------------------------------------
+
+
+def test_forget_drops_the_top_manifest_for_get_too() -> None:
+    # Regression: get kept serving the old top manifest while listing and explain saw the new one.
+    url, store = _memory()
+    obstore.put(store, "a", b"old")
+    obstore.put(store, "b", b"new")
+    _put_json(store, "m.json", [{"key": "k", "path": "a"}])
+    reader = kvmap.Reader(f"{url}m.json")
+    assert reader.get_sync("k") == b"old"
+    _put_json(store, "m.json", [{"key": "k", "path": "b"}])
+    assert reader.get_sync("k") == b"old"  # decisions and manifests are remembered...
+    reader.chain.forget()
+    assert reader.get_sync("k") == b"new"  # ...until forgotten, by every method alike
+    assert asyncio.run(reader.get("k")) == b"new"
+    assert reader.explain_sync("k").hops[-1].url == f"{url}b"
+
+
+# -- loads in flight are shared ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def counted(http_server: RangeHTTPServer) -> tuple[RangeHTTPServer, str]:
+    name = f"flight-{uuid.uuid4().hex}"
+    (http_server.root / name).mkdir()
+    (http_server.root / name / "m.json").write_text(
+        json.dumps([{"key": f"k{i}", "data": "aGk="} for i in range(50)] + [{"prefix": "in/", "path": "n.json|kvmap:"}])
+    )
+    (http_server.root / name / "n.json").write_text(json.dumps([{"key": "x", "data": "aW4="}]))
+    return http_server, f"{http_server.url}{name}/"
+
+
+def _gets(server: RangeHTTPServer, path: str) -> int:
+    return sum(1 for r in server.requests if r.method == "GET" and r.path.endswith(path))
+
+
+def test_concurrent_first_reads_fetch_a_manifest_once(counted: tuple[RangeHTTPServer, str]) -> None:
+    server, url = counted
+    stores = {server.url: {"retry_config": NO_RETRIES}}
+    reader = kvmap.Reader(f"{url}m.json", stores=stores)
+    server.clear_requests()
+
+    async def forty() -> list[Any]:
+        return await asyncio.gather(
+            *(reader.get(f"k{i % 50}") for i in range(40)), *(reader.get("in/x") for _ in range(40))
+        )
+
+    found = asyncio.run(forty())
+    assert found == [b"hi"] * 40 + [b"in"] * 40
+    assert _gets(server, "/m.json") == 1
+    assert _gets(server, "/n.json") == 1
+
+    threaded = kvmap.Reader(f"{url}m.json", stores=stores)
+    server.clear_requests()
+    barrier = threading.Barrier(8)
+    results: list[Any] = []
+
+    def read() -> None:
+        barrier.wait()
+        results.append(bytes(threaded.get_sync("in/x")))
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [b"in"] * 8
+    assert _gets(server, "/m.json") == 1
+    assert _gets(server, "/n.json") == 1
