@@ -22,14 +22,14 @@ one-item listing of the bucket, once per store (:class:`MissingBucketError`).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import obstore
+from obstore.exceptions import PreconditionError
 from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
 
-from kvmap.chain import LimitExceededError, Read, ShortObjectError
+from kvmap.chain import ChangedObjectError, LimitExceededError, Read, ShortObjectError
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -86,20 +86,27 @@ def _head_missing(store: ObjectStore, exc: FileNotFoundError) -> None:
 
 
 def get_options(r: Read) -> Any:
-    """obstore's ``GetOptions`` for a read of a whole object, its tail or a suffix."""
-    if r.suffix is not None:
-        return {"range": {"suffix": r.suffix}}
-    if r.start:
-        return {"range": {"offset": r.start}}
-    return None
+    """obstore's ``GetOptions`` for ``r``: its range, and its identity as ``if_match``."""
+    options: dict[str, Any] = {}
+    if r.end is not None:
+        options["range"] = (r.start, r.end)
+    elif r.suffix is not None:
+        options["range"] = {"suffix": r.suffix}
+    elif r.start:
+        options["range"] = {"offset": r.start}
+    if r.tag is not None:
+        options["if_match"] = r.tag
+    return options or None
 
 
 def _checked(result: Any, r: Read) -> Any:
-    """The ``GetResult`` of a whole-object read, refused before its body if over ``r.limit``."""
+    """The ``GetResult`` of ``r``, refused before its body is read if the object is over
+    ``r.limit`` or short of ``r.need``."""
     if r.limit is not None:
         start, end = result.range
         if end - start > r.limit:
             raise LimitExceededError(r.limit, end - start)
+    _fits(result.meta["size"], r)
     return result
 
 
@@ -108,23 +115,28 @@ def _fits(size: int, r: Read) -> None:
         raise ShortObjectError(size, r.need)
 
 
+def _head(meta: Any, r: Read) -> Any:
+    if r.tag is not None and meta.get("e_tag") != r.tag:
+        raise ChangedObjectError(f"the object's ETag is {meta.get('e_tag')}, not {r.tag}")
+    _fits(meta["size"], r)
+    return (meta["size"], meta.get("e_tag")) if r.identify else meta["size"]
+
+
 def read_sync(store: ObjectStore, path: str, r: Read) -> Any:
     """The answer to ``r`` for the object at ``path`` in ``store``, with blocking calls."""
     if r.head:
         try:
-            return obstore.head(store, path)["size"]
+            return _head(obstore.head(store, path), r)
         except FileNotFoundError as exc:
             return _head_missing(store, exc)
     try:
-        if r.end is not None:
-            if r.need is None:
-                return obstore.get_range(store, path, start=r.start, end=r.end)
-            result = obstore.get(store, path, options={"range": (r.start, r.end)})
-            _fits(result.meta["size"], r)
-            return result.bytes()
+        if r.end is not None and r.need is None and r.tag is None:
+            return obstore.get_range(store, path, start=r.start, end=r.end)
         return _checked(obstore.get(store, path, options=get_options(r)), r).bytes()
     except FileNotFoundError as exc:
         return missing(store, exc)
+    except PreconditionError as exc:
+        raise ChangedObjectError(str(exc).split("\n", 1)[0]) from exc
 
 
 async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
@@ -132,24 +144,14 @@ async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
     is a blocking call (kvmap.reader says why), and so are its ``head`` and open."""
     if r.head:
         try:
-            return (obstore.head(store, path) if near else await obstore.head_async(store, path))["size"]
+            return _head(obstore.head(store, path) if near else await obstore.head_async(store, path), r)
         except FileNotFoundError as exc:
             return _head_missing(store, exc)
     try:
-        if r.end is not None:
-            blocking = near and r.end - r.start <= near
-            if r.need is None:
-                if blocking:
-                    return obstore.get_range(store, path, start=r.start, end=r.end)
-                return await obstore.get_range_async(store, path, start=r.start, end=r.end)
-            options: Any = {"range": (r.start, r.end)}
-            result = (
-                obstore.get(store, path, options=options)
-                if blocking
-                else await obstore.get_async(store, path, options=options)
-            )
-            _fits(result.meta["size"], r)
-            return result.bytes() if blocking else await result.bytes_async()
+        if r.end is not None and r.need is None and r.tag is None:
+            if near and r.end - r.start <= near:
+                return obstore.get_range(store, path, start=r.start, end=r.end)
+            return await obstore.get_range_async(store, path, start=r.start, end=r.end)
         if near:
             # Opening a local object is cheap; its size decides how to read it.
             result = _checked(obstore.get(store, path, options=get_options(r)), r)
@@ -161,13 +163,15 @@ async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
         return await result.bytes_async()
     except FileNotFoundError as exc:
         return missing(store, exc)
+    except PreconditionError as exc:
+        raise ChangedObjectError(str(exc).split("\n", 1)[0]) from exc
 
 
 def read_ranges_sync(store: ObjectStore, path: str, reads: Sequence[Read]) -> list[Any]:
     """The answers to several window reads of one object, in one coalesced request."""
     starts, ends = [r.start for r in reads], [r.end for r in reads]
     found = list(obstore.get_ranges(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
-    _fits_all(obstore.head(store, path)["size"], reads)
+    _fits_all(obstore.head(store, path), reads)
     return found
 
 
@@ -176,14 +180,15 @@ async def read_ranges_async(store: ObjectStore, path: str, reads: Sequence[Read]
     starts, ends = [r.start for r in reads], [r.end for r in reads]
     if near and sum(ends) - sum(starts) <= near:  # type: ignore[arg-type]
         return read_ranges_sync(store, path, reads)
-    found, meta = await asyncio.gather(
-        obstore.get_ranges_async(store, path, starts=starts, ends=ends),  # type: ignore[arg-type]
-        obstore.head_async(store, path),
-    )
-    _fits_all(meta["size"], reads)
+    found = await obstore.get_ranges_async(store, path, starts=starts, ends=ends)  # type: ignore[arg-type]
+    # After the ranges, not beside them: an object replaced between the two is then seen as changed.
+    meta = await obstore.head_async(store, path)
+    _fits_all(meta, reads)
     return list(found)
 
 
-def _fits_all(size: int, reads: Sequence[Read]) -> None:
+def _fits_all(meta: Any, reads: Sequence[Read]) -> None:
+    """Check what one ``head`` says of the object against every read of a batch (a coalesced
+    ``get_ranges`` reports no size or identity of its own)."""
     for r in reads:
-        _fits(size, r)
+        _head(meta, r)

@@ -33,7 +33,6 @@ The rules, in the order the walk meets them:
 from __future__ import annotations
 
 import contextlib
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
 from kvmap.url import PIPELINE_SEPARATOR, split_name
-from kvmap.zipindex import TAIL_SIZE, ZipFormatError, ZipIndex, local_header_size
+from kvmap.zipindex import TAIL_SIZE, ZipFormatError, ZipIndex, check_crc, inflate, local_header_size
 
 __all__ = ["ByteRange", "Chain", "Hop", "LimitExceededError", "Location", "Read", "ShortObjectError", "Walk"]
 
@@ -90,6 +89,11 @@ class Read:
     # The size the object must have at least (the end of the entry's window): the driver checks
     # it where the response tells the size, and raises ShortObjectError if it is less.
     need: int | None = None
+    # The identity (ETag) the object must still have: a zip archive whose directory was read
+    # from that version. The driver raises ChangedObjectError if it has another.
+    tag: str | None = None
+    # For ``head``: answer ``(size, tag)`` instead of the size (``tag`` None: the store has none).
+    identify: bool = False
 
 
 class LimitExceededError(Exception):
@@ -98,6 +102,10 @@ class LimitExceededError(Exception):
     def __init__(self, limit: int, size: int | None) -> None:
         self.limit, self.size = limit, size
         super().__init__(f"object is larger than {limit:,} bytes" + ("" if size is None else f" ({size:,})"))
+
+
+class ChangedObjectError(Exception):
+    """Raised by a driver: the object no longer has the identity ``Read.tag`` (it was replaced)."""
 
 
 class ShortObjectError(Exception):
@@ -111,15 +119,20 @@ class ShortObjectError(Exception):
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where bytes are: a window ``[offset, offset+length)`` of the object at root URL
-    ``url`` (``length`` ``None``: to its end), or inline ``data``."""
+    ``url`` (``length`` ``None``: to its end), or inline ``data``. ``tag``: the identity the
+    object must still have (a zip archive's version whose directory placed the window);
+    ``crc``: the CRC-32 the whole window must have (a stored zip member)."""
 
     url: str | None
     offset: int = 0
     length: int | None = None
     data: bytes | None = None
+    tag: str | None = None
+    crc: int | None = None
 
     def window(self, offset: int | None, length: int | None) -> Location:
-        """The sub-window ``[offset, offset+length)`` of this location.
+        """The sub-window ``[offset, offset+length)`` of this location (keeping its ``tag``, and
+        its ``crc`` if it is the whole of it).
 
         Raises ``ValueError`` if it overruns a length this location knows.
         """
@@ -134,7 +147,8 @@ class Location:
                 length = self.length - offset
             if offset + length > self.length or length < 0:
                 raise ValueError(f"window [{offset}, {offset + length}) overruns the {self.length} bytes it lies in")
-        return Location(self.url, self.offset + offset, length)
+        whole = offset == 0 and length == self.length
+        return Location(self.url, self.offset + offset, length, tag=self.tag, crc=self.crc if whole else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +238,11 @@ class _Bounded(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def drop(self, which: Callable[[K], bool]) -> None:
+        """Forget every item whose key ``which`` says."""
+        for key in [k for k in list(self._items) if which(k)]:
+            self._items.pop(key, None)
+
 
 class Chain:
     """The walk's rules and caches. ``policy`` decides what manifests may reach;
@@ -256,7 +275,7 @@ class Chain:
         #: what :meth:`plan` resolves in. Dropped by :meth:`forget` with every other cache.
         self.top: tuple[CompiledMap, str, str, int] | None = None
         self._maps: _Bounded[tuple[str, Location, str], CompiledMap] = _Bounded(cache_size)
-        self._zips: _Bounded[Location, ZipIndex] = _Bounded(cache_size)
+        self._zips: _Bounded[Location, tuple[ZipIndex, Location]] = _Bounded(cache_size)
         self._offsets: _Bounded[tuple[Location, str], int] = _Bounded(cache_size * 64)
         self._decisions: _Bounded[tuple[str, str], bool] = _Bounded(cache_size * 64)
         self._folders: _Bounded[tuple[str, str], Callable[[str], bool]] = _Bounded(cache_size * 64)
@@ -481,20 +500,27 @@ class Chain:
 
     def zip_index(self, archive: Location, walk: Walk) -> Generator[Read, Any, ZipIndex | None]:
         """The central directory of the zip archive at ``archive`` (cached); ``None`` if it does not exist."""
-        index = self._zips.get(archive)
-        if index is None:
-            index = yield from self._zip_index(archive, walk)
-            if index is None:
+        found = yield from self._zip(archive, walk)
+        return None if found is None else found[0]
+
+    def _zip(self, archive: Location, walk: Walk) -> Generator[Read, Any, tuple[ZipIndex, Location] | None]:
+        """The archive's directory (cached), and the archive's location tagged with the identity
+        of the version it was read from: every read through it is of that version, or fails."""
+        found = self._zips.get(archive)
+        if found is None:
+            found = yield from self._zip_index(archive, walk)
+            if found is None:
                 return None
-            index = self._zips.get(archive) or index  # keep the first, if a batch read it twice
-            self._zips.put(archive, index)
-        return index
+            found = self._zips.get(archive) or found  # keep the first, if a batch read it twice
+            self._zips.put(archive, found)
+        return found
 
     def _zip_member(self, archive: Location, name: str, walk: Walk) -> Generator[Read, Any, Location | None]:
-        index = yield from self.zip_index(archive, walk)
+        found = yield from self._zip(archive, walk)
         where = f"{archive.url or '<inline>'}|zip:{name}"
-        if index is None:
+        if found is None:
             return self._absent(walk, archive.url, "zip archive")
+        index, archive = found
         member = index.members.get(name)
         if member is None:
             return self._absent(walk, where, "zip member")
@@ -511,26 +537,37 @@ class Chain:
             self._offsets.put((archive, name), start)
         stored = self._window(archive, start, member.compressed_size, where, walk)
         if member.method == 0:
-            return stored
+            if member.compressed_size != member.size:
+                raise TargetError(
+                    f"zip archive is damaged: stored member of {member.size} bytes takes {member.compressed_size}",
+                    key=walk.key,
+                    url=where,
+                )
+            # Its CRC-32 is checked whenever the whole member is read (a range of it cannot be).
+            return Location(stored.url, stored.offset, stored.length, stored.data, stored.tag, member.crc)
         raw = yield from self.read_all(stored, walk)
         try:
-            data = zlib.decompressobj(-15).decompress(bytes(raw or b""))
-        except zlib.error as exc:
+            # Bounded: never more than the size the directory declares (a small member cannot
+            # inflate to gigabytes), and its CRC-32 checked.
+            data = inflate(bytes(raw or b""), member.size, member.crc)
+        except ZipFormatError as exc:
             raise TargetError(f"zip member does not inflate: {exc}", key=walk.key, url=where) from None
-        if len(data) != member.size:
-            raise TargetError(f"zip member inflates to {len(data)} bytes, not {member.size}", key=walk.key, url=where)
         return Location(None, data=data)
 
-    def _zip_index(self, archive: Location, walk: Walk) -> Generator[Read, Any, ZipIndex | None]:
+    def _zip_index(self, archive: Location, walk: Walk) -> Generator[Read, Any, tuple[ZipIndex, Location] | None]:
         size = archive.length
-        if size is None:
-            if archive.data is not None:
-                size = len(archive.data)
-            else:
-                assert archive.url is not None
-                total = yield from self._fetch(Read(archive.url, head=True), walk)
-                if total is None:
-                    return None
+        if archive.data is not None:
+            size = len(archive.data)
+        else:
+            # The archive's identity (and size) now: the directory, and every member read through
+            # it, must come from this version (a replaced archive is read again, never mixed).
+            assert archive.url is not None
+            meta = yield from self._fetch(Read(archive.url, head=True, identify=True), walk)
+            if meta is None:
+                return None
+            total, tag = meta
+            archive = Location(archive.url, archive.offset, archive.length, tag=tag)
+            if size is None:
                 size = int(total) - archive.offset
         tail_start = max(0, size - TAIL_SIZE)
         where = f"{archive.url or '<inline>'} (zip)"
@@ -545,7 +582,7 @@ class Chain:
             else:
                 got = yield from self.read_all(self._window(archive, cd_offset, cd_size, where, walk), walk)
                 directory = bytes(got or b"")
-            return ZipIndex.parse(cd_offset, directory)
+            return ZipIndex.parse(cd_offset, directory), archive
         except (ZipFormatError, UnicodeDecodeError) as exc:
             raise TargetError(f"not a readable zip archive: {exc}", key=walk.key, url=where) from None
 
@@ -585,7 +622,7 @@ class Chain:
         length = loc.length
         if length is None and byte_range is not None and byte_range[0] is None and loc.offset:
             # A suffix of an open-ended window: the object's size says where it starts.
-            size = yield from self._head(loc.url, walk)
+            size = yield from self._head(loc.url, walk, loc.tag)
             if size is None:
                 return None
             length = max(0, size - loc.offset)
@@ -597,10 +634,10 @@ class Chain:
                 read = Read(loc.url, loc.offset + start, loc.offset + end)
             else:
                 read = Read(loc.url, loc.offset + start, loc.offset + end, within=True, need=loc.offset + loc.length)
-        read.limit, read.once = limit, once
+        read.limit, read.once, read.tag = limit, once, loc.tag
         if read.end is not None and read.end <= read.start:
             # Nothing to transfer, but the object must exist and hold its window, as for any request.
-            size = yield from self._head(loc.url, walk)
+            size = yield from self._head(loc.url, walk, loc.tag)
             if size is None:
                 return None
             self._fits(loc, size, walk)
@@ -612,7 +649,7 @@ class Chain:
                 raise self._short(loc, walk) from None
             if loc.length is not None:
                 # A range of a window that the object cannot serve: is the object too short for it?
-                size = yield from self._head(loc.url, walk)
+                size = yield from self._head(loc.url, walk, loc.tag)
                 if size is not None:
                     self._fits(loc, size, walk)
                 raise
@@ -620,7 +657,7 @@ class Chain:
                 raise
             # An open-ended window does not know its end: a request starting at or past it fails
             # at some servers (416, "invalid range"). zarr's contract makes that empty bytes.
-            size = yield from self._head(loc.url, walk)
+            size = yield from self._head(loc.url, walk, loc.tag)
             if size is None or size > read.start:
                 raise
             return b""
@@ -628,6 +665,11 @@ class Chain:
             return self._absent(walk, loc.url)
         if loc.length is not None and read.end is not None and len(data) < read.end - read.start:
             raise self._short(loc, walk)
+        if loc.crc is not None and read.start == loc.offset and len(data) == loc.length:
+            try:
+                check_crc(data, loc.crc, f"the member at [{loc.offset}, {read.end})")
+            except ZipFormatError as exc:
+                raise TargetError(str(exc), key=walk.key, **_origin_of(walk), url=loc.url) from None
         return data
 
     def read_size(self, loc: Location, walk: Walk) -> Generator[Read, Any, int | None]:
@@ -637,7 +679,7 @@ class Chain:
         if loc.data is not None:
             return len(loc.data)
         assert loc.url is not None
-        size = yield from self._head(loc.url, walk)
+        size = yield from self._head(loc.url, walk, loc.tag)
         if size is None:
             return None
         if loc.length is None:
@@ -645,10 +687,10 @@ class Chain:
         self._fits(loc, size, walk)
         return loc.length
 
-    def _head(self, url: str, walk: Walk) -> Generator[Read, Any, int | None]:
-        """The size of the object at ``url``; ``None`` if it does not exist (or a dangling
-        reference error, where ``walk.strict``)."""
-        size = yield from self._fetch(Read(url, head=True), walk)
+    def _head(self, url: str, walk: Walk, tag: str | None = None) -> Generator[Read, Any, int | None]:
+        """The size of the object at ``url`` (which must have identity ``tag``, if given); ``None``
+        if it does not exist (or a dangling reference error, where ``walk.strict``)."""
+        size = yield from self._fetch(Read(url, head=True, tag=tag), walk)
         return self._absent(walk, url) if size is None else int(size)
 
     def _fits(self, loc: Location, size: int, walk: Walk) -> None:
@@ -685,6 +727,17 @@ class Chain:
             raise
         except LimitExceededError as exc:
             raise _too_large(exc.limit, exc.size, walk, read.url) from None
+        except ChangedObjectError:
+            # Its cached directory is of another version: forget it, so that the next read
+            # reads the archive as it is now; this one fails rather than mix the two.
+            self._zips.drop(lambda loc: loc.url == read.url)
+            self._offsets.drop(lambda where: where[0].url == read.url)
+            raise TargetError(
+                "the zip archive was replaced since its directory was read; read the key again",
+                key=walk.key,
+                **_origin_of(walk),
+                url=read.url,
+            ) from None
         except Exception as exc:  # obstore's errors, and a URL the roots cannot open
             raise TargetError(describe(exc), key=walk.key, **_origin_of(walk), url=read.url) from exc
 

@@ -7,10 +7,14 @@ Real stores only: local files, memory stores, the loopback S3 API server and HTT
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import threading
+import tracemalloc
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +272,83 @@ def test_concurrent_first_reads_fetch_a_manifest_once(counted: tuple[RangeHTTPSe
     assert results == [b"in"] * 8
     assert _gets(server, "/m.json") == 1
     assert _gets(server, "/n.json") == 1
+
+
+# -- zip archives: bounded inflation, CRC-32, and cached directories tied to the archive's version ---
+
+
+def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _zip_world(archive: bytes) -> tuple[kvmap.Reader, Any]:
+    url, store = _memory("zip")
+    obstore.put(store, "a.zip", archive)
+    _put_json(store, "m.json", [{"prefix": "z/", "path": "a.zip|zip:"}, {"key": "k", "path": "a.zip|zip:c/0"}])
+    return kvmap.Reader(f"{url}m.json"), store
+
+
+def test_a_zip_bomb_member_is_refused_without_inflating_it() -> None:
+    # A member that declares 10 bytes but inflates to 100 MiB: refused, having made at most ~10 bytes.
+    bomb = _zip({"c/0": b"\0" * (100 << 20)}, zipfile.ZIP_DEFLATED)
+    directory = bomb.rfind(b"PK\x01\x02")
+    patched = bytearray(bomb)
+    patched[directory + 24 : directory + 28] = (10).to_bytes(4, "little")  # the central directory's size
+    reader, _ = _zip_world(bytes(patched))
+    tracemalloc.start()
+    try:
+        with pytest.raises(kvmap.TargetError, match="does not inflate"):
+            reader.get_sync("k")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_damaged_member_fails_its_crc_when_read_whole(method: int) -> None:
+    data = bytes(range(256)) * 64
+    archive = bytearray(_zip({"c/0": data}, method))
+    header = archive.find(b"PK\x03\x04")
+    start = header + 30 + len("c/0")
+    archive[start + 100] ^= 0xFF  # one byte of the member's data
+    reader, _ = _zip_world(bytes(archive))
+    for read in (
+        lambda: reader.get_sync("k"),
+        lambda: reader.get_many_sync(["k", "z/c/0"]),
+        lambda: reader.get_sync("z/c/0"),
+    ):
+        with pytest.raises(kvmap.TargetError, match="CRC-32|does not inflate"):
+            read()
+    if method == zipfile.ZIP_STORED:
+        # A range of a stored member cannot be checked: it reads what the archive holds (spec 11.3).
+        assert bytes(reader.get_sync("k", (0, 50))) == data[:50]
+
+
+def test_a_replaced_archive_is_never_read_through_its_old_directory() -> None:
+    old = _zip({"c/0": b"A" * 1000, "c/1": b"B" * 10})
+    new = _zip({"pad": b"P" * 300, "c/1": b"b" * 7, "c/0": b"a" * 900})
+    reader, store = _zip_world(old)
+    assert reader.get_sync("k") == b"A" * 1000
+    assert reader.get_many_sync(["z/c/0", "z/c/1"]) == [b"A" * 1000, b"B" * 10]
+    obstore.put(store, "a.zip", new)
+    for read in (
+        lambda: reader.get_sync("k"),
+        lambda: asyncio.run(reader.get("z/c/1")),
+        lambda: reader.get_many_sync(["z/c/0", "z/c/1"]),
+        lambda: reader.get_sync("k", (0, 10)),
+    ):
+        with pytest.raises(kvmap.TargetError, match="replaced since its directory was read"):
+            read()
+        # The stale directory is forgotten: the next read sees the new archive whole.
+        assert reader.get_sync("k") == b"a" * 900
+        assert reader.get_many_sync(["z/c/0", "z/c/1"]) == [b"a" * 900, b"b" * 7]
+        obstore.put(store, "a.zip", old)
+        with contextlib.suppress(kvmap.TargetError):  # the first read after a change may fail
+            reader.get_sync("k")
+        assert reader.get_sync("k") == b"A" * 1000
+        obstore.put(store, "a.zip", new)
