@@ -1,8 +1,10 @@
 """One read of the walk (:class:`~kvmap.chain.Read`) against the store that holds its object.
 
 :mod:`kvmap.reader` drives the walk; this module answers one request: through
-obstore for object stores and memory. The answer is what the walk expects — bytes
-(obstore's ``Bytes``), a size for ``head``, ``None`` for a missing object — or an
+:mod:`kvmap.localfs` for local files (each read checked, on what it opened, to lie
+inside ``Read.inside``: the policy holds at the moment of I/O, not only when it was
+decided) and through obstore for object stores and memory. The answer is what the
+walk expects — bytes, a size for ``head``, ``None`` for a missing object — or an
 exception, which the walk reports with the key, the entry and the URL.
 
 Two rules of the walk are enforced here, where the response is:
@@ -22,14 +24,19 @@ one-item listing of the bucket, once per store (:class:`MissingBucketError`).
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import obstore
 from obstore.exceptions import PreconditionError
 from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
 
-from kvmap.chain import ChangedObjectError, LimitExceededError, Read, ShortObjectError
+from kvmap import httpio, localfs
+from kvmap.chain import ChangedObjectError, EscapedError, LimitExceededError, Read, ShortObjectError
+from kvmap.httpio import HTTPSource
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -122,8 +129,119 @@ def _head(meta: Any, r: Read) -> Any:
     return (meta["size"], meta.get("e_tag")) if r.identify else meta["size"]
 
 
+def local_tag(st: os.stat_result) -> str:
+    """A local file's identity, as obstore's ``LocalStore`` spells its ETag (inode, modification
+    time in microseconds, size): what a zip archive's cached directory is tied to."""
+    return f'"{st.st_ino:x}-{st.st_mtime_ns // 1000:x}-{st.st_size:x}"'
+
+
+def _local_checks(r: Read, st: os.stat_result) -> None:
+    if r.tag is not None and local_tag(st) != r.tag:
+        raise ChangedObjectError(f"the file's identity is {local_tag(st)}, not {r.tag}")
+    _fits(st.st_size, r)
+
+
+def read_local(path: str, r: Read) -> Any:
+    """The answer to ``r`` for the local file at absolute ``path``, through :mod:`kvmap.localfs`."""
+    try:
+        if r.head:
+            st = localfs.status(path, inside=r.inside)
+            if st is None:
+                return None
+            _local_checks(r, st)
+            return (st.st_size, local_tag(st)) if r.identify else st.st_size
+        check = None if r.need is None and r.tag is None else partial(_local_checks, r)
+        return localfs.read(path, r.start, r.end, r.suffix, inside=r.inside, limit=r.limit, check=check)
+    except localfs.TooLarge as exc:
+        raise LimitExceededError(exc.limit, exc.size) from None
+    except localfs.EscapeError as exc:
+        raise EscapedError(str(exc)) from None
+
+
+class _NotNearError(Exception):
+    """A local read found to transfer more than may be read on the event loop's thread."""
+
+
+def _near_checks(r: Read, near: int, st: os.stat_result) -> None:
+    if r.tag is not None or r.need is not None:
+        _local_checks(r, st)
+    start = max(0, st.st_size - r.suffix) if r.suffix is not None else r.start
+    end = st.st_size if r.end is None else min(r.end, st.st_size)
+    if end - start > near:
+        raise _NotNearError
+
+
+async def read_local_async(path: str, r: Read, near: int) -> Any:
+    """:func:`read_local`, awaited: on the event loop's thread when it transfers at most ``near``
+    bytes (its open and ``fstat`` decide), on a worker thread otherwise."""
+    if near and (r.head or (r.end is not None and r.end - r.start <= near)):
+        return read_local(path, r)
+    if near:
+        try:
+            return localfs.read(
+                path, r.start, r.end, r.suffix, inside=r.inside, limit=r.limit, check=partial(_near_checks, r, near)
+            )
+        except _NotNearError:
+            pass
+        except localfs.TooLarge as exc:
+            raise LimitExceededError(exc.limit, exc.size) from None
+        except localfs.EscapeError as exc:
+            raise EscapedError(str(exc)) from None
+    return await asyncio.to_thread(read_local, path, r)
+
+
+def read_local_ranges(path: str, reads: Sequence[Read]) -> list[Any]:
+    """The answers to several window reads of one local file, from one opened descriptor."""
+    starts, ends = [r.start for r in reads], [r.end or 0 for r in reads]
+
+    def checks(st: os.stat_result) -> None:
+        for r in reads:
+            _local_checks(r, st)
+
+    try:
+        found = localfs.read_ranges(path, starts, ends, inside=reads[0].inside, check=checks)
+    except localfs.EscapeError as exc:
+        raise EscapedError(str(exc)) from None
+    return [None] * len(reads) if found is None else list(found)
+
+
+def read_http(source: HTTPSource, path: str, r: Read) -> Any:
+    """The answer to ``r`` through kvmap's own HTTP client (:mod:`kvmap.httpio`: a redirect is
+    an error, never followed). HTTP gives no identity kvmap checks (``tag``: none), and a
+    range's answer does not say the object's size: a window is checked by the length of
+    what comes back, and by a ``head`` where a range of it fails."""
+    if r.head:
+        size = source.head(path)
+        if size is None:
+            return None
+        _fits(size, r)
+        return (size, None) if r.identify else size
+    try:
+        return source.get(path, r.start, r.end, r.suffix, limit=r.limit)
+    except httpio.TooLarge as exc:
+        raise LimitExceededError(exc.limit, exc.size) from None
+
+
+async def read_http_async(source: HTTPSource, path: str, r: Read) -> Any:
+    """:func:`read_http`, awaited."""
+    if r.head:
+        size = await source.head_async(path)
+        if size is None:
+            return None
+        _fits(size, r)
+        return (size, None) if r.identify else size
+    try:
+        return await source.get_async(path, r.start, r.end, r.suffix, limit=r.limit)
+    except httpio.TooLarge as exc:
+        raise LimitExceededError(exc.limit, exc.size) from None
+
+
 def read_sync(store: ObjectStore, path: str, r: Read) -> Any:
     """The answer to ``r`` for the object at ``path`` in ``store``, with blocking calls."""
+    if isinstance(store, LocalStore):
+        return read_local("/" + path, r)
+    if isinstance(store, HTTPSource):
+        return read_http(store, path, r)
     if r.head:
         try:
             return _head(obstore.head(store, path), r)
@@ -142,6 +260,10 @@ def read_sync(store: ObjectStore, path: str, r: Read) -> Any:
 async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
     """:func:`read_sync`, awaited; a read of at most ``near`` bytes of a local or memory store
     is a blocking call (kvmap.reader says why), and so are its ``head`` and open."""
+    if isinstance(store, LocalStore):
+        return await read_local_async("/" + path, r, near)
+    if isinstance(store, HTTPSource):
+        return await read_http_async(store, path, r)
     if r.head:
         try:
             return _head(obstore.head(store, path) if near else await obstore.head_async(store, path), r)
@@ -169,6 +291,10 @@ async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
 
 def read_ranges_sync(store: ObjectStore, path: str, reads: Sequence[Read]) -> list[Any]:
     """The answers to several window reads of one object, in one coalesced request."""
+    if isinstance(store, LocalStore):
+        return read_local_ranges("/" + path, reads)
+    if isinstance(store, HTTPSource):
+        return _http_ranges(store, path, reads)
     starts, ends = [r.start for r in reads], [r.end for r in reads]
     found = list(obstore.get_ranges(store, path, starts=starts, ends=ends))  # type: ignore[arg-type]
     _fits_all(obstore.head(store, path), reads)
@@ -180,11 +306,24 @@ async def read_ranges_async(store: ObjectStore, path: str, reads: Sequence[Read]
     starts, ends = [r.start for r in reads], [r.end for r in reads]
     if near and sum(ends) - sum(starts) <= near:  # type: ignore[arg-type]
         return read_ranges_sync(store, path, reads)
+    if isinstance(store, LocalStore):
+        return await asyncio.to_thread(read_local_ranges, "/" + path, reads)
+    if isinstance(store, HTTPSource):
+        return await asyncio.to_thread(_http_ranges, store, path, reads)
     found = await obstore.get_ranges_async(store, path, starts=starts, ends=ends)  # type: ignore[arg-type]
     # After the ranges, not beside them: an object replaced between the two is then seen as changed.
     meta = await obstore.head_async(store, path)
     _fits_all(meta, reads)
     return list(found)
+
+
+def _http_ranges(source: HTTPSource, path: str, reads: Sequence[Read]) -> list[Any]:
+    try:
+        return source.get_ranges(path, [r.start for r in reads], [r.end or 0 for r in reads])  # windows: ends known
+    except httpio.HTTPReadError as exc:
+        if exc.status in (404, 410):
+            return [None] * len(reads)
+        raise
 
 
 def _fits_all(meta: Any, reads: Sequence[Read]) -> None:

@@ -35,21 +35,32 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import orjson
 
 from kvmap.chunkmanifest import chunk_manifest
 from kvmap.compiled import CompiledMap, Resolution, compile
-from kvmap.errors import ChainError, PipelineError, ResolveError, TargetError
+from kvmap.errors import ChainError, PipelineError, PolicyError, ResolveError, TargetError
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
 from kvmap.url import PIPELINE_SEPARATOR, split_name
 from kvmap.zipindex import TAIL_SIZE, ZipFormatError, ZipIndex, check_crc, inflate, local_header_size
 
-__all__ = ["ByteRange", "Chain", "Hop", "LimitExceededError", "Location", "Read", "ShortObjectError", "Walk"]
+__all__ = [
+    "ByteRange",
+    "Chain",
+    "ChangedObjectError",
+    "EscapedError",
+    "Hop",
+    "LimitExceededError",
+    "Location",
+    "Read",
+    "ShortObjectError",
+    "Walk",
+]
 
 #: A byte request: ``(start, end)`` half-open, ``(start, None)`` from ``start`` to
 #: the end, ``(None, n)`` the last ``n`` bytes. ``None`` asks for everything.
@@ -94,6 +105,9 @@ class Read:
     tag: str | None = None
     # For ``head``: answer ``(size, tag)`` instead of the size (``tag`` None: the store has none).
     identify: bool = False
+    # A local file must lie strictly inside this real directory, checked on what the driver
+    # opened (kvmap.localfs), not only when the policy decided (Location.inside).
+    inside: str | None = None
 
 
 class LimitExceededError(Exception):
@@ -102,6 +116,11 @@ class LimitExceededError(Exception):
     def __init__(self, limit: int, size: int | None) -> None:
         self.limit, self.size = limit, size
         super().__init__(f"object is larger than {limit:,} bytes" + ("" if size is None else f" ({size:,})"))
+
+
+class EscapedError(Exception):
+    """Raised by a driver: the object's real path lies outside ``Read.inside`` (a link swapped in
+    since the policy allowed it); the walk reports it as a :class:`~kvmap.PolicyError`."""
 
 
 class ChangedObjectError(Exception):
@@ -127,8 +146,12 @@ class Location:
     offset: int = 0
     length: int | None = None
     data: bytes | None = None
-    tag: str | None = None
-    crc: int | None = None
+    # What reads of the location must hold to, not where it is: not part of its equality.
+    tag: str | None = field(default=None, compare=False)
+    crc: int | None = field(default=None, compare=False)
+    # The real directory the object must lie strictly inside when it is read (the policy's
+    # confinement of the decision that allowed it; None: none).
+    inside: str | None = field(default=None, compare=False)
 
     def window(self, offset: int | None, length: int | None) -> Location:
         """The sub-window ``[offset, offset+length)`` of this location (keeping its ``tag``, and
@@ -148,7 +171,7 @@ class Location:
             if offset + length > self.length or length < 0:
                 raise ValueError(f"window [{offset}, {offset + length}) overruns the {self.length} bytes it lies in")
         whole = offset == 0 and length == self.length
-        return Location(self.url, self.offset + offset, length, tag=self.tag, crc=self.crc if whole else None)
+        return replace(self, offset=self.offset + offset, length=length, crc=self.crc if whole else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,22 +300,32 @@ class Chain:
         self._maps: _Bounded[tuple[str, Location, str], CompiledMap] = _Bounded(cache_size)
         self._zips: _Bounded[Location, tuple[ZipIndex, Location]] = _Bounded(cache_size)
         self._offsets: _Bounded[tuple[Location, str], int] = _Bounded(cache_size * 64)
-        self._decisions: _Bounded[tuple[str, str], bool] = _Bounded(cache_size * 64)
-        self._folders: _Bounded[tuple[str, str], Callable[[str], bool]] = _Bounded(cache_size * 64)
+        # Decisions, as their confinement ("" for none), and per directory a test for the siblings
+        # that are decided the same way (Policy.siblings), with that confinement.
+        self._decisions: _Bounded[tuple[str, str], str] = _Bounded(cache_size * 64)
+        self._folders: _Bounded[tuple[str, str], tuple[Callable[[str], bool], str | None]] = _Bounded(cache_size * 64)
 
     # -- the walk ---------------------------------------------------------------------
 
-    def locate(self, target: Pipeline, walk: Walk, suffix: str = "") -> Generator[Read, Any, Location | None]:
+    def locate(
+        self, target: Pipeline, walk: Walk, suffix: str = "", *, inside: str | None = None
+    ) -> Generator[Read, Any, Location | None]:
         """Follow the caller's ``target`` (with ``suffix`` appended to its last adapter's
-        path) to a :class:`Location`, or ``None`` if the key is absent."""
-        return self._walk(target, None, walk, suffix)
+        path) to a :class:`Location`, or ``None`` if the key is absent. ``inside``: the
+        confinement of the decision that allowed the target (:meth:`check`), if not the caller's."""
+        return self._walk(target, None, walk, suffix, inside)
 
     def step(self, cm: CompiledMap, doc: str, key: str, walk: Walk) -> Generator[Read, Any, Location | None]:
         """Resolve ``key`` in the compiled manifest ``cm`` found at ``doc``, and follow it."""
-        return self._walk(None, (cm, doc, key), walk, "")
+        return self._walk(None, (cm, doc, key), walk, "", None)
 
     def _walk(
-        self, target: Pipeline | None, start: tuple[CompiledMap, str, str] | None, walk: Walk, suffix: str
+        self,
+        target: Pipeline | None,
+        start: tuple[CompiledMap, str, str] | None,
+        walk: Walk,
+        suffix: str,
+        inside: str | None,
     ) -> Generator[Read, Any, Location | None]:
         # A loop over an explicit stack, not recursion: a chain of any length (up to max_depth)
         # walks in constant Python stack depth. Each frame is a pipeline being applied; a
@@ -303,7 +336,7 @@ class Chain:
         lookup = start
         if target is not None:
             frame = _Frame(target, None, suffix, None, False)
-            loc = Location(target.root)
+            loc = Location(target.root, inside=inside)
         while True:
             if lookup is not None:
                 # One manifest hop: resolve, record, and either end here or start the target's pipeline.
@@ -326,13 +359,13 @@ class Chain:
                         pipe = Pipeline.parse(res.url)
                     except PipelineError as exc:
                         raise PipelineError(f"{doc} entry {res.entry}: {exc}") from None
-                    self.check(pipe.root, doc, res.entry, walk.key)
+                    inside = self.check(pipe.root, doc, res.entry, walk.key)
                     if frame is not None:
                         stack.append(frame)
                     # An exact entry that names an object asserts that it exists (spec 11.3).
                     walk.strict = cm.is_exact(key)
                     frame = _Frame(pipe, res, "", doc, walk.strict)
-                    loc = Location(pipe.root)
+                    loc = Location(pipe.root, inside=inside)
                     continue
             elif frame is not None and frame.next < len(frame.pipe.adapters):
                 # The next adapter of the current pipeline.
@@ -394,16 +427,17 @@ class Chain:
         assert url is not None
         if PIPELINE_SEPARATOR in url:
             return None
-        self.check(url, doc, res.entry, key)
+        inside = self.check(url, doc, res.entry, key)
         if res.length is not None:
             start, end = clamp(byte_range, res.length)
             if end <= start:
                 return None
             offset = res.offset or 0
-            return Read(url, offset + start, offset + end, within=True, need=offset + res.length), end - start
+            read = Read(url, offset + start, offset + end, within=True, need=offset + res.length, inside=inside)
+            return read, end - start
         if res.offset or byte_range is not None:
             return None
-        return Read(url), None
+        return Read(url, inside=inside), None
 
     def strict(self, key: str) -> bool:
         """Whether a missing object for ``key``, read by :meth:`plan`, is a dangling reference."""
@@ -421,22 +455,27 @@ class Chain:
                 f"the chain is deeper than {self.max_depth} manifests:\n  {_render_chain(walk.hops)}", key=walk.key
             )
 
-    def check(self, url: str, manifest: str, entry: int | None, key: str | None) -> None:
+    def check(self, url: str, manifest: str, entry: int | None, key: str | None) -> str | None:
         """Raise :class:`~kvmap.PolicyError` (naming ``key``) unless entry ``entry`` of
-        ``manifest`` may reach ``url``."""
+        ``manifest`` may reach ``url``; return the decision's confinement (:meth:`Policy.check`),
+        which every read of ``url`` carries to the moment of its I/O."""
         decided = (url, manifest)
-        if self._decisions.get(decided):
-            return
+        known = self._decisions.get(decided)
+        if known is not None:
+            return known or None
         directory, name = split_name(url)
         folder = (directory, manifest)
-        same = self._folders.get(folder)
-        if same is None or not same(name):
-            self.policy.check(url, manifest=manifest, entry=entry, key=key)
-        self._decisions.put(decided, True)
-        if same is None:
+        sibling = self._folders.get(folder)
+        if sibling is not None and sibling[0](name):
+            inside = sibling[1]
+        else:
+            inside = self.policy.check(url, manifest=manifest, entry=entry, key=key)
+        self._decisions.put(decided, inside or "")
+        if sibling is None:
             same = self.policy.siblings(url)
             if same is not None:
-                self._folders.put(folder, same)
+                self._folders.put(folder, (same, inside))
+        return inside
 
     # -- manifests --------------------------------------------------------------------
 
@@ -544,7 +583,7 @@ class Chain:
                     url=where,
                 )
             # Its CRC-32 is checked whenever the whole member is read (a range of it cannot be).
-            return Location(stored.url, stored.offset, stored.length, stored.data, stored.tag, member.crc)
+            return replace(stored, crc=member.crc)
         raw = yield from self.read_all(stored, walk)
         try:
             # Bounded: never more than the size the directory declares (a small member cannot
@@ -562,11 +601,11 @@ class Chain:
             # The archive's identity (and size) now: the directory, and every member read through
             # it, must come from this version (a replaced archive is read again, never mixed).
             assert archive.url is not None
-            meta = yield from self._fetch(Read(archive.url, head=True, identify=True), walk)
+            meta = yield from self._fetch(Read(archive.url, head=True, identify=True, inside=archive.inside), walk)
             if meta is None:
                 return None
             total, tag = meta
-            archive = Location(archive.url, archive.offset, archive.length, tag=tag)
+            archive = replace(archive, tag=tag)
             if size is None:
                 size = int(total) - archive.offset
         tail_start = max(0, size - TAIL_SIZE)
@@ -622,7 +661,7 @@ class Chain:
         length = loc.length
         if length is None and byte_range is not None and byte_range[0] is None and loc.offset:
             # A suffix of an open-ended window: the object's size says where it starts.
-            size = yield from self._head(loc.url, walk, loc.tag)
+            size = yield from self._head(loc, walk)
             if size is None:
                 return None
             length = max(0, size - loc.offset)
@@ -634,10 +673,10 @@ class Chain:
                 read = Read(loc.url, loc.offset + start, loc.offset + end)
             else:
                 read = Read(loc.url, loc.offset + start, loc.offset + end, within=True, need=loc.offset + loc.length)
-        read.limit, read.once, read.tag = limit, once, loc.tag
+        read.limit, read.once, read.tag, read.inside = limit, once, loc.tag, loc.inside
         if read.end is not None and read.end <= read.start:
             # Nothing to transfer, but the object must exist and hold its window, as for any request.
-            size = yield from self._head(loc.url, walk, loc.tag)
+            size = yield from self._head(loc, walk)
             if size is None:
                 return None
             self._fits(loc, size, walk)
@@ -649,7 +688,7 @@ class Chain:
                 raise self._short(loc, walk) from None
             if loc.length is not None:
                 # A range of a window that the object cannot serve: is the object too short for it?
-                size = yield from self._head(loc.url, walk, loc.tag)
+                size = yield from self._head(loc, walk)
                 if size is not None:
                     self._fits(loc, size, walk)
                 raise
@@ -657,7 +696,7 @@ class Chain:
                 raise
             # An open-ended window does not know its end: a request starting at or past it fails
             # at some servers (416, "invalid range"). zarr's contract makes that empty bytes.
-            size = yield from self._head(loc.url, walk, loc.tag)
+            size = yield from self._head(loc, walk)
             if size is None or size > read.start:
                 raise
             return b""
@@ -679,7 +718,7 @@ class Chain:
         if loc.data is not None:
             return len(loc.data)
         assert loc.url is not None
-        size = yield from self._head(loc.url, walk, loc.tag)
+        size = yield from self._head(loc, walk)
         if size is None:
             return None
         if loc.length is None:
@@ -687,11 +726,12 @@ class Chain:
         self._fits(loc, size, walk)
         return loc.length
 
-    def _head(self, url: str, walk: Walk, tag: str | None = None) -> Generator[Read, Any, int | None]:
-        """The size of the object at ``url`` (which must have identity ``tag``, if given); ``None``
-        if it does not exist (or a dangling reference error, where ``walk.strict``)."""
-        size = yield from self._fetch(Read(url, head=True, tag=tag), walk)
-        return self._absent(walk, url) if size is None else int(size)
+    def _head(self, loc: Location, walk: Walk) -> Generator[Read, Any, int | None]:
+        """The size of ``loc``'s object (with ``loc``'s identity and confinement); ``None`` if it
+        does not exist (or a dangling reference error, where ``walk.strict``)."""
+        assert loc.url is not None
+        size = yield from self._fetch(Read(loc.url, head=True, tag=loc.tag, inside=loc.inside), walk)
+        return self._absent(walk, loc.url) if size is None else int(size)
 
     def _fits(self, loc: Location, size: int, walk: Walk) -> None:
         if loc.length is not None and size < loc.offset + loc.length:
@@ -727,6 +767,13 @@ class Chain:
             raise
         except LimitExceededError as exc:
             raise _too_large(exc.limit, exc.size, walk, read.url) from None
+        except EscapedError as exc:
+            raise PolicyError(
+                f"not allowed: {exc} (symbolic links resolved when it was read)",
+                key=walk.key,
+                **_origin_of(walk),
+                url=read.url,
+            ) from None
         except ChangedObjectError:
             # Its cached directory is of another version: forget it, so that the next read
             # reads the archive as it is now; this one fails rather than mix the two.

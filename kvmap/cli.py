@@ -2,7 +2,8 @@
 
 Exit status: 0 on success, 1 when the input is bad (an invalid manifest, a file
 that cannot be read, a key that cannot be resolved), 2 for a usage error. Errors
-are one line on standard error, starting with ``kvmap:``.
+are one line on standard error, starting with ``kvmap:``: a message of several
+lines (a chain error lists its hops one a line) is joined into one.
 """
 
 from __future__ import annotations
@@ -112,8 +113,7 @@ def _describe_location(loc: Location | None) -> str:
 def _cmd_cat(args: argparse.Namespace) -> int:
     data = _reader(args).get_sync(args.key, args.range)
     if data is None:
-        print(f"kvmap: key {args.key!r} does not exist in {args.manifest}", file=sys.stderr)
-        return 1
+        return _fail(f"key {args.key!r} does not exist in {args.manifest}")
     sys.stdout.buffer.write(bytes(data))
     sys.stdout.buffer.flush()
     return 0
@@ -188,16 +188,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: str) -> str:
+    """``message`` as one line: its lines stripped, blank ones dropped, joined with ``"; "``
+    (with a space after a line that ends in ``:``, which introduces the lines after it)."""
+    out = ""
+    for line in message.splitlines():  # every Unicode line boundary, not only "\n"
+        line = line.strip()
+        if line:
+            out += ("" if not out else " " if out.endswith(":") else "; ") + line
+    return out
+
+
+def _fail(message: str) -> int:
+    """Print ``message`` as the one error line on standard error; return exit status 1."""
+    print(f"kvmap: {_one_line(message)}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    Errors kvmap raises (:class:`~kvmap.KvmapError`) and ``OSError`` become one line
+    on standard error and exit status 1; usage errors exit with status 2 (argparse).
+    """
     args = _parser().parse_args(argv)
     try:
         return int(args.run(args))
     except KvmapError as exc:
-        print(f"kvmap: {exc}", file=sys.stderr)
+        return _fail(str(exc))
     except OSError as exc:
-        print(f"kvmap: cannot read {exc.filename or args.manifest}: {exc.strerror or exc}", file=sys.stderr)
-    return 1
+        return _fail(f"cannot read {exc.filename or args.manifest}: {exc.strerror or exc}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ import orjson
 from kvmap.errors import ManifestError
 from kvmap.keyrange import KeyRange, key_successor, prefix_range, range_common_prefix_length
 
-__all__ = ["MAX_INT", "Entry", "Selector", "Target"]
+__all__ = ["JSON_INT_MAX", "JSON_INT_MIN", "MAX_INT", "Entry", "Selector", "Target"]
 
 Selector = Literal["key", "prefix", "range"]
 Target = Literal["path", "absent", "data", "json"]
@@ -30,6 +31,12 @@ Target = Literal["path", "absent", "data", "json"]
 #: Largest offset, length or strip_prefix: the largest integer every JSON
 #: implementation represents exactly (2**53 - 1).
 MAX_INT = 2**53 - 1
+
+#: The integers a ``json`` value may hold: those of a signed or an unsigned 64-bit
+#: integer, which the JSON serialiser writes exactly. Others are refused, on every
+#: path alike, rather than rounded to a float (as JSON text parsers do) or lost.
+JSON_INT_MIN = -(2**63)
+JSON_INT_MAX = 2**64 - 1
 
 # Canonical member order: when an entry has two selectors or two targets, the
 # error names the later one in this order, so the message is deterministic.
@@ -156,6 +163,49 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+_Path = tuple["_Path", str] | None  # a JSON Pointer as a linked list, rendered only for an error
+
+
+def _inexact_number(value: object) -> str | None:
+    """What is wrong with the first number in ``value`` that JSON text cannot carry exactly.
+
+    That is an integer outside ``JSON_INT_MIN .. JSON_INT_MAX`` or a float that is
+    not finite (NaN, +-Infinity), anywhere in nested objects and arrays, searched
+    depth first in document order; the reason names it and its JSON Pointer.
+    ``None`` if there is none. Each container is visited once, so a shared or even
+    a cyclic structure (which the serialiser refuses anyway) ends.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[object, _Path]] = [(value, None)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                name = _NON_FINITE.get(item, "NaN")
+                return f"number {name}{_pointer(path)} is not finite (JSON has no NaN or Infinity)"
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not JSON_INT_MIN <= item <= JSON_INT_MAX:
+                # str() of a very long integer is slow (and refused past 4300 digits).
+                text = str(item) if item.bit_length() <= 256 else f"of {item.bit_length()} bits"
+                return f"integer {text}{_pointer(path)} is outside the 64-bit range kvmap keeps exactly"
+        elif isinstance(item, dict | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            members = item.items() if isinstance(item, dict) else enumerate(item)
+            children = [(v, (path, str(k))) for k, v in members]
+            stack.extend(reversed(children))
+    return None
+
+
+def _pointer(path: _Path) -> str:
+    """`` at /a/0`` for a member inside the value (RFC 6901 escaping), ``""`` for the value itself."""
+    parts = []
+    while path is not None:
+        path, name = path
+        parts.append(name.replace("~", "~0").replace("/", "~1"))
+    return f" at /{'/'.join(reversed(parts))}" if parts else ""
+
+
 class _Validator:
     """Checks the members of one entry and builds errors that name it."""
 
@@ -194,10 +244,20 @@ class _Validator:
             raise self.error(field, f"is not valid base64 ({exc})") from None
 
     def json(self, field: str, value: object) -> bytes:
+        """The compact JSON text of ``value``; raise if it is not a JSON value or holds
+        a number that JSON text cannot carry exactly (see :func:`_inexact_number`)."""
         try:
-            return orjson.dumps(value)
+            text = orjson.dumps(value)
         except orjson.JSONEncodeError as exc:
-            raise self.error(field, f"is not a JSON value ({exc})") from None
+            # orjson refuses integers beyond 64 bits; name the number if that was the reason.
+            raise self.error(field, _inexact_number(value) or f"is not a JSON value ({exc})") from None
+        # orjson writes NaN and +-Infinity as null, so only a value whose text holds a
+        # null can hold one: the common case costs no walk over the value.
+        if b"null" in text:
+            problem = _inexact_number(value)
+            if problem is not None:
+                raise self.error(field, problem)
+        return text
 
     def selector(self, obj: dict[str, Any]) -> tuple[Selector, KeyRange, int]:
         """Return the selector kind, its key range, and the largest allowed strip."""

@@ -65,6 +65,9 @@ class List:
     prefix: str = ""
     delimiter: bool = False
     limit: int | None = None
+    # For local files: list only what lies strictly inside this real directory, by real path
+    # (a directory link that leads out lists nothing), as reading does (spec 12.1).
+    inside: str | None = None
 
 
 _Lister = Generator[Read | List, Any, Any]
@@ -154,6 +157,7 @@ class _Space(NamedTuple):
     cm: CompiledMap | None = None
     doc: str = ""
     zip: ZipIndex | None = None
+    inside: str | None = None
 
 
 def _open(chain: Chain, doc: str, entry: int, url: str) -> Generator[Read, Any, _Space]:
@@ -164,11 +168,11 @@ def _open(chain: Chain, doc: str, entry: int, url: str) -> Generator[Read, Any, 
         pipe = Pipeline.parse(url)
     except PipelineError as exc:
         raise PipelineError(f"{doc} entry {entry}: {exc}") from None
-    chain.check(pipe.root, doc, entry, None)
+    inside = chain.check(pipe.root, doc, entry, None)
     if not pipe.adapters:
-        return _Space("root", url)
+        return _Space("root", url, inside=inside)
     left = Pipeline(pipe.root, pipe.adapters[:-1])
-    loc: Location | None = yield from chain.locate(left, walk)
+    loc: Location | None = yield from chain.locate(left, walk, inside=inside)
     last = pipe.adapters[-1]
     if loc is not None and last.kind == "zip":
         index = yield from chain.zip_index(loc, walk)
@@ -183,7 +187,7 @@ def _target_keys(chain: Chain, doc: str, entry: int, url: str, prefix: str, limi
     """Names ``n`` starting with ``prefix`` such that ``url + n`` exists, sorted."""
     space = yield from _open(chain, doc, entry, url)
     if space.kind == "root":
-        names: list[str] = yield List(url, prefix, limit=limit)
+        names: list[str] = yield List(url, prefix, limit=limit, inside=space.inside)
         return sorted(names)
     if space.cm is not None:
         found = yield from keys(chain, space.cm, space.doc, space.path + prefix, limit=limit, depth=depth + 1)
@@ -200,7 +204,7 @@ def _target_children(chain: Chain, doc: str, piece: RangeTarget, directory: str,
     inner = space.path + directory
     if space.kind == "root" and piece.url.endswith("/"):
         # A target that is a whole directory maps directories onto directories: one level.
-        dirs, objects = yield List(piece.url, directory, delimiter=True)
+        dirs, objects = yield List(piece.url, directory, delimiter=True, inside=space.inside)
         return {*dirs, *objects}
     if space.cm is not None and (inner == "" or inner.endswith("/")):
         return set((yield from children(chain, space.cm, space.doc, inner, depth=depth + 1)))

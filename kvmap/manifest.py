@@ -10,7 +10,9 @@ one reported. A columnar fast path checks the bulk shape of large manifests —
 exact keys with a path and an optional byte window — whole columns at a time; if
 it finds anything it cannot vouch for, the entry-by-entry pass decides. For
 JSON text, a typed msgspec decode of the bulk shape comes first: it parses and
-type-checks such a document in one C pass, and anything else falls back.
+type-checks such a document in one C pass, and anything else falls back to an
+untyped decode that keeps integers exact, so text and Python objects meet the
+same rules.
 
 >>> m = Manifest.from_json([{"prefix": "", "path": "../data/"}], url="s3://bucket/views/m.json")
 >>> len(m), m.entries[0].selector
@@ -144,17 +146,21 @@ class Manifest:
 
     @classmethod
     def loads(cls, text: str | bytes, url: str | None = None, *, name: str | None = None) -> Manifest:
-        """Parse and validate a manifest from JSON text."""
+        """Parse and validate a manifest from JSON text.
+
+        Numbers keep their exact value: the text is held to the same rules as the
+        Python objects :meth:`from_json` takes (an integer beyond 64 bits in a
+        ``json`` value is refused, not rounded). Raises :class:`ManifestError` for
+        text that is not JSON or a document that is not valid, naming the manifest,
+        and the entry index and field of the first problem.
+        """
         with paused_gc():
             bulk = _decode_bulk(text)
             if bulk is not None:
                 manifest = cls._from_bulk(bulk, url, name)
                 if manifest is not None:
                     return manifest
-            try:
-                document = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                raise ManifestError(f"not valid JSON: {exc}", manifest=name or url) from None
+            document = _parse_json(text, name or url)
             return cls._validated(_document_entries(document, name or url), url, name)
 
     @classmethod
@@ -289,6 +295,26 @@ def _document_entries(document: Any, name: str | None) -> list[Any]:
     if not isinstance(entries, list):
         raise ManifestError("'entries' must be an array of entries", manifest=name, field="entries")
     return entries
+
+
+def _parse_json(text: str | bytes, name: str | None) -> Any:
+    """The JSON value of ``text``, its integers exact; :class:`ManifestError` if it is not JSON.
+
+    orjson reads an integer beyond 64 bits as a float (``2**64`` comes back as
+    ``1.8446744073709552e+19``), which would let text pass that the same value as a
+    Python object does not; msgspec keeps such integers as ``int``, so the one
+    validator sees them. What msgspec refuses, orjson then parses or explains: the
+    error messages stay orjson's, and the two refuse the same texts (the only
+    difference known is nesting about 1,000 deep, which no valid document has).
+    """
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        pass
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ManifestError(f"not valid JSON: {exc}", manifest=name) from None
 
 
 def _decode_bulk(text: str | bytes) -> list[_BulkEntry] | None:

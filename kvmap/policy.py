@@ -181,10 +181,15 @@ class Policy:
         """What allows the root URL ``url`` named in ``manifest``: ``"origin"``, ``"caller"``,
         ``"allow_all"`` or the matching allow prefix; ``None`` if nothing does."""
         verdict = self._judge(url, manifest)
-        return verdict if isinstance(verdict, str) else None
+        return verdict[0] if isinstance(verdict, tuple) else None
 
-    def check(self, url: str, *, manifest: str | None, entry: int | None = None, key: str | None = None) -> None:
-        """Return if ``manifest`` (``None``: the caller) may send kvmap to root URL ``url``.
+    def check(self, url: str, *, manifest: str | None, entry: int | None = None, key: str | None = None) -> str | None:
+        """Return if ``manifest`` (``None``: the caller) may send kvmap to root URL ``url``:
+        the *confinement* of the decision, the real path of the directory that granted a
+        ``file://`` target (``None``: none, as for every other scheme, the caller's own
+        target and allow-all). I/O on the target must find it strictly inside that directory
+        by real path when it is made (:mod:`kvmap.localfs` checks what it opened), so that a
+        link swapped in after the decision cannot lead it out.
 
         Raises :class:`~kvmap.PolicyError` naming the URL, the manifest and the
         entry, and how to allow the target.
@@ -192,6 +197,7 @@ class Policy:
         verdict = self._judge(url, manifest)
         if isinstance(verdict, _Refusal):
             raise PolicyError(verdict.reason, key=key, manifest=manifest, entry=entry, url=url)
+        return verdict[1]
 
     def siblings(self, url: str) -> Callable[[str], bool] | None:
         """A test ``same(name)`` for the URLs ``directory + name`` (``directory, _ =
@@ -227,9 +233,10 @@ class Policy:
 
         return same if same(name) else None
 
-    def _judge(self, url: str, manifest: str | None) -> str | _Refusal:
+    def _judge(self, url: str, manifest: str | None) -> tuple[str, str | None] | _Refusal:
+        """What allows ``url`` and the confinement of that decision (see :meth:`check`), or why not."""
         if manifest is None:
-            return "caller"
+            return "caller", None
         place = _place(url, directory=False)
         if isinstance(place, str):
             return _Refusal(f"not allowed: {place}")
@@ -239,12 +246,12 @@ class Policy:
             granted.append(("origin", home))
         local = place.scheme == _LOCAL
         if granted and (not local or self.realpath is None):
-            return granted[0][0]
+            return granted[0][0], None
         verdict = self._confine(place, granted, home) if granted else self._outside(place, home)
-        if isinstance(verdict, str):
+        if isinstance(verdict, tuple):
             return verdict
         if self.allow_all and (not local or (home is not None and home.scheme == _LOCAL)):
-            return "allow_all"
+            return "allow_all", None
         return verdict
 
     def _outside(self, place: _Place, home: _Place | None) -> _Refusal:
@@ -257,17 +264,20 @@ class Policy:
             f"allow prefix; allow it with allow=[{hint!r}] or --allow {hint}{also}"
         )
 
-    def _confine(self, place: _Place, granted: list[tuple[str, _Place]], home: _Place | None) -> str | _Refusal:
+    def _confine(
+        self, place: _Place, granted: list[tuple[str, _Place]], home: _Place | None
+    ) -> tuple[str, str] | _Refusal:
         """What allows the ``file://`` target ``place``, which the directories ``granted`` hold as
         text, by real paths: a directory that grants ``file://`` targets to its manifest (the
-        origin, a ``file://`` prefix) whose real path holds the target's real path."""
+        origin, a ``file://`` prefix) whose real path holds the target's real path; and that
+        real path, the confinement of the decision."""
         real = self._real(place.segments)
         if real is None:
             return _Refusal("not allowed: its real path (symbolic links resolved) cannot be determined")
         if real == tuple(s for s in place.segments if s):
             # No link on the way: each directory along the path, the granting one included, is its own
             # real path (a link that led back to the same text would be a loop, which cannot be opened).
-            return granted[0][0]
+            return granted[0][0], _path(tuple(s for s in granted[0][1].segments if s))
         held = {id(directory) for _, directory in granted}
         grants = granted + [(_render(p), p) for p in self._allow if p.scheme == _LOCAL and id(p) not in held]
         if home is not None and home.scheme == _LOCAL and id(home) not in held:
@@ -285,7 +295,7 @@ class Policy:
                 and len(real) >= len(real_directory) + least
                 and real[: len(real_directory)] == real_directory
             ):
-                return label
+                return label, _path(real_directory)
             where = "the manifest's origin " + _render(home) if label == "origin" and home is not None else label
             seen.append(f"{where} (real path {'(none)' if real_directory is None else _path(real_directory)})")
         hint = _render(_Place(place.site, real[:-1]))

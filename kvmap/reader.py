@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import obstore
 from obstore.store import LocalStore, MemoryStore
 
-from kvmap import backends, listing
+from kvmap import backends, listing, localfs
 from kvmap.chain import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_MAX_DEPTH,
@@ -65,7 +65,7 @@ from kvmap.chain import (
     describe,
 )
 from kvmap.compiled import CompiledMap, compile
-from kvmap.errors import TargetError, WriteError
+from kvmap.errors import PolicyError, TargetError, WriteError
 from kvmap.listing import List
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
@@ -115,6 +115,7 @@ class Write:
     entry: int | None
     url: str
     delete: bool = False
+    inside: str | None = None  # for a local file: the policy's confinement, checked as it is written
 
 
 class Reader:
@@ -520,8 +521,13 @@ class Reader:
 
     async def write(self, w: Write, data: Any) -> None:
         """Put ``data`` at ``w.url`` (``w.delete``: delete it; a missing object is no error).
+        A local file is written by :mod:`kvmap.localfs`: into a temporary file in its directory,
+        renamed over it, with the directory checked inside ``w.inside`` on what was opened.
         Raises :class:`~kvmap.WriteError` naming key, entry and URL if it fails."""
         store, path = self._open_for_write(w)
+        if isinstance(store, LocalStore):
+            await asyncio.to_thread(self._write_local, w, path, data)
+            return
         try:
             try:
                 if w.delete:
@@ -538,6 +544,9 @@ class Reader:
     def write_sync(self, w: Write, data: Any) -> None:
         """:meth:`write`, with blocking I/O."""
         store, path = self._open_for_write(w)
+        if isinstance(store, LocalStore):
+            self._write_local(w, path, data)
+            return
         try:
             try:
                 if w.delete:
@@ -551,9 +560,27 @@ class Reader:
         except Exception as exc:
             raise _write_failed(w, exc) from exc
 
+    @staticmethod
+    def _write_local(w: Write, path: str, data: Any) -> None:
+        try:
+            if w.delete:
+                localfs.delete("/" + path, inside=w.inside)
+            else:
+                localfs.write("/" + path, data, inside=w.inside)
+        except localfs.EscapeError as exc:
+            raise PolicyError(
+                f"not allowed: {exc} (symbolic links resolved when it was written)",
+                key=w.key,
+                manifest=w.manifest,
+                entry=w.entry,
+                url=w.url,
+            ) from None
+        except Exception as exc:
+            raise _write_failed(w, exc) from exc
+
     def _open_for_write(self, w: Write) -> tuple[ObjectStore, str]:
         try:
-            return self.roots.open(w.url)
+            return self.roots.open_for_write(w.url)
         except Exception as exc:
             raise _write_failed(w, exc) from exc
 
@@ -563,6 +590,8 @@ class Reader:
         store, base, full = self._list_where(r)
         if not _listable(full):
             return ([], []) if r.delimiter else []
+        if isinstance(store, LocalStore):
+            return await asyncio.to_thread(_list_local, r, base, full)
         try:
             if r.delimiter:
                 return _one_level(await obstore.list_with_delimiter_async(store, full or None), full)
@@ -579,6 +608,8 @@ class Reader:
         store, base, full = self._list_where(r)
         if not _listable(full):
             return ([], []) if r.delimiter else []
+        if isinstance(store, LocalStore):
+            return _list_local(r, base, full)
         try:
             if r.delimiter:
                 return _one_level(obstore.list_with_delimiter(store, full or None), full)
@@ -634,6 +665,23 @@ def _answer_of(read: Callable[[Read], Any], r: Read) -> Any:
         return read(r)
     except Exception as exc:
         return exc
+
+
+def _list_local(r: List, base: str, full: str) -> Any:
+    """:class:`List` of a local directory, through :mod:`kvmap.localfs`: links that lead outside
+    ``r.inside`` list nothing, and a directory that holds no file is not listed."""
+    folder = full[: full.rfind("/") + 1]
+    try:
+        if r.delimiter:
+            return localfs.list_dir("/" + full, inside=r.inside)
+        names = localfs.list_keys("/" + folder, full[len(folder) :], inside=r.inside, limit=r.limit)
+    except localfs.EscapeError as exc:
+        if r.prefix:  # below the target, a directory link that leads out holds none of its keys
+            return ([], []) if r.delimiter else []
+        raise PolicyError(f"not allowed: {exc} (symbolic links resolved when it was listed)", url=r.url) from None
+    except Exception as exc:
+        raise TargetError(f"listing failed: {describe(exc)}", url=r.url) from exc
+    return [(folder + n)[len(base) :] for n in names]
 
 
 def _listable(path: str) -> bool:

@@ -9,7 +9,8 @@ URL                                       store, object path
 ``s3+http(s)://host:port/bucket/key``     ``S3Store(bucket, endpoint=http(s)://host:port)``, ``key``
 ``gs://bucket/key``                       ``GCSStore(bucket)``, ``key``
 ``az://container/key``                    ``AzureStore(container)``, ``key``
-``http(s)://host/path``                   ``HTTPStore("http(s)://host/")``, ``path``
+``http(s)://host/path``                   :class:`~kvmap.httpio.HTTPSource` for reads (it never
+                                          follows a redirect), ``HTTPStore`` for writes; ``path``
 ========================================  =============================================
 
 Object paths are the URL's path percent-decoded. Stores are made lazily, one per
@@ -43,6 +44,7 @@ from urllib.parse import unquote
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, MemoryStore, S3Store
 
 from kvmap.errors import PipelineError
+from kvmap.httpio import HTTPSource
 from kvmap.url import is_plain_name, split_name
 
 if TYPE_CHECKING:
@@ -146,13 +148,15 @@ class Roots:
             if not prefix.endswith("/"):
                 raise ValueError(f"store options prefix {prefix!r} must end in '/'")
         self._prefixes = sorted(self.options, key=len, reverse=True)
-        self._stores: dict[tuple[str, str, str, str | None], ObjectStore] = {}
+        self._stores: dict[tuple[str, str, str, str | None, bool], ObjectStore] = {}
         self._memo: dict[str, tuple[ObjectStore, str]] = {}
         self._folders: dict[str, tuple[ObjectStore, str]] = {}  # directory URL -> (store, its path)
 
     def open(self, url: str, *, directory: bool = False) -> tuple[ObjectStore, str]:
         """The store holding the object at root URL ``url``, and its path in that store.
-        With ``directory``, ``url`` may name a store's root (path ``""``), to list it.
+        With ``directory``, ``url`` may name a store's root (path ``""``), to list it. For
+        ``http(s)://`` the "store" is an :class:`~kvmap.httpio.HTTPSource`, kvmap's own client
+        that never follows a redirect (obstore's ``HTTPStore`` follows them anywhere).
 
         Raises :class:`~kvmap.PipelineError` for an unsupported scheme, a
         malformed URL or one that names no object.
@@ -186,13 +190,7 @@ class Roots:
             raise PipelineError(f"{url!r}: a file URL names no host (file:///path)")
         if (not path and not directory) or (not bucket and scheme in ("s3+http", "s3+https")):
             raise PipelineError(f"{url!r} names no object")
-        prefix = next((p for p in self._prefixes if url.startswith(p)), None)
-        ident = (scheme, authority, bucket, prefix)
-        store = self._stores.get(ident)
-        if store is None:
-            store = self._stores[ident] = self._make(
-                scheme, authority, bucket, dict(self.options.get(prefix or "", {}))
-            )
+        store = self._store(url, scheme, authority, bucket)
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()
         self._memo[url] = (store, path)
@@ -201,6 +199,35 @@ class Roots:
                 self._folders.clear()
             self._folders[directory_url] = (store, path[: len(path) - len(name)])
         return store, path
+
+    def open_for_write(self, url: str) -> tuple[ObjectStore, str]:
+        """:meth:`open` for a write: the same, but an obstore ``HTTPStore`` for ``http(s)://``
+        (a PUT answered with a redirect fails there; it is not followed)."""
+        store, path = self.open(url)
+        if isinstance(store, HTTPSource):
+            m = _URL.match(url)
+            assert m is not None
+            store = self._store(url, m.group(1).lower(), m.group(2), "", write=True)
+        return store, path
+
+    def _store(self, url: str, scheme: str, authority: str, bucket: str, *, write: bool = False) -> ObjectStore:
+        prefix = next((p for p in self._prefixes if url.startswith(p)), None)
+        ident = (scheme, authority, bucket, prefix, write)
+        store = self._stores.get(ident)
+        if store is None:
+            options = dict(self.options.get(prefix or "", {}))
+            if scheme in ("http", "https") and not write:
+                client = dict(options.get("client_options", {}))
+                if scheme == "http":
+                    client.setdefault("allow_http", True)  # the URL says plain http
+                source = HTTPSource(
+                    f"{scheme}://{authority}/", client_options=client, retry_config=options.get("retry_config")
+                )
+                store = cast("ObjectStore", source)
+            else:
+                store = self._make(scheme, authority, bucket, options)
+            self._stores[ident] = store
+        return store
 
     @staticmethod
     def _make(scheme: str, authority: str, bucket: str, options: dict[str, Any]) -> ObjectStore:

@@ -279,7 +279,7 @@ class KVMapStore(Store):
                 "(map the key with a prefix redirect to delete it, or write a whiteout into the manifest)",
                 **where,
             )
-        return Write(key, hop.manifest if hop else None, hop.entry if hop else None, loc.url, delete)
+        return Write(key, hop.manifest if hop else None, hop.entry if hop else None, loc.url, delete, loc.inside)
 
 
 def _byte_range(request: ByteRequest | None) -> ByteRange | None:

@@ -513,3 +513,224 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RangeHTTPS
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# HTTP with more faults: redirects, Range ignored, broken framing, flaky and trickling answers
+# --------------------------------------------------------------------------------------------------------------------
+
+__all__ += ["FaultHTTPServer", "redirect_path"]  # this section is appended: the list above stays as it was
+
+_FAULT_SEGMENT = re.compile(
+    r"redirect-(?P<redirect>3\d\d)|flaky-(?P<times>\d+)-(?P<status>[1-5]\d\d)|(?P<name>[a-z-]+)"
+)
+_BODY_FAULTS = frozenset({"short-body", "long-body", "no-length", "chunked", "wrong-range", "trickle"})
+
+
+class _Capture:
+    """A write-only stand-in for a handler's ``wfile`` that keeps what is written."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _FaultRequestHandler(_RangeRequestHandler):
+    """:class:`_RangeRequestHandler` plus the fault paths of :class:`FaultHTTPServer`."""
+
+    server: _RangeServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes: without TCP_NODELAY a small body waits for the client's
+        # delayed ACK of the headers (about 40 ms per request on Linux).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok:
+            owner = self.server.owner
+            assert isinstance(owner, FaultHTTPServer)
+            owner._record_headers(self.path, {name.lower(): value for name, value in self.headers.items()})
+        return ok
+
+    def _serve(self, *, send_body: bool) -> None:
+        owner = self.server.owner
+        assert isinstance(owner, FaultHTTPServer)
+        split = urllib.parse.urlsplit(self.path)
+        first, _, rest = split.path.lstrip("/").partition("/")
+        match = _FAULT_SEGMENT.fullmatch(first)
+        if match is None:
+            super()._serve(send_body=send_body)
+            return
+        if match["redirect"] is not None:
+            try:
+                location = bytes.fromhex(rest).decode()
+            except ValueError:
+                self._send_empty(HTTPStatus.BAD_REQUEST)
+                return
+            self._send_empty(int(match["redirect"]), {"Location": location} if location else None)
+            return
+        if match["times"] is not None:
+            if owner._count(split.path) <= int(match["times"]):
+                self._send_empty(int(match["status"]))
+                return
+            self._serve_inner("/" + rest, send_body=send_body)
+            return
+        name = match["name"]
+        if name == "ignore-range":
+            del self.headers["Range"]
+            self._serve_inner("/" + rest, send_body=send_body)
+        elif name in _BODY_FAULTS:
+            self._serve_broken("/" + rest, name, send_body=send_body)
+        else:
+            super()._serve(send_body=send_body)
+
+    def _serve_inner(self, path: str, *, send_body: bool) -> None:
+        """Answer ``path`` (which may start with another fault prefix: they compose)."""
+        self.path = path
+        self._serve(send_body=send_body)
+
+    def _serve_broken(self, path: str, fault: str, *, send_body: bool) -> None:
+        """Answer ``path`` as usual, then rewrite that answer's framing as ``fault`` says."""
+        owner = self.server.owner
+        real, captured = self.wfile, _Capture()
+        self.wfile = captured  # type: ignore[assignment]  # capture the plain answer, then rewrite it
+        try:
+            self._serve_inner(path, send_body=send_body)
+        finally:
+            self.wfile = real
+        head, _, body = captured.getvalue().partition(b"\r\n\r\n")
+        status_line, *header_lines = head.split(b"\r\n")
+        headers = [tuple(line.split(b": ", 1)) for line in header_lines]
+        status = int(status_line.split()[1])
+        if not 200 <= status < 300:
+            real.write(captured.getvalue())
+            return
+
+        def without(name: bytes) -> list[tuple[bytes, ...]]:
+            return [h for h in headers if h[0].lower() != name]
+
+        def declared(length: int) -> list[tuple[bytes, ...]]:
+            return [*without(b"content-length"), (b"Content-Length", str(length).encode())]
+
+        pieces = [body]
+        if fault == "short-body":  # Content-Length is right; half of the body comes, then the connection closes
+            pieces = [body[: len(body) // 2]]
+        elif fault == "long-body":  # Content-Length says half; the whole body comes, then the connection closes
+            headers = declared(len(body) // 2)
+        elif fault == "no-length":  # no Content-Length: the body ends when the connection closes
+            headers = [*without(b"content-length"), (b"Connection", b"close")]
+        elif fault == "chunked":
+            headers = [*without(b"content-length"), (b"Transfer-Encoding", b"chunked")]
+            if send_body:
+                chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]
+                pieces = [b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks] + [b"0\r\n\r\n"]
+        elif fault == "wrong-range":  # a 206 whose Content-Range is one byte later than the range sent
+            rewritten = []
+            for name, *value in headers:
+                if name.lower() == b"content-range" and value:
+                    first, last, size = (int(n) for n in re.findall(rb"\d+", value[0]))
+                    value = [b"bytes %d-%d/%d" % (first + 1, last + 1, size)]
+                rewritten.append((name, *value))
+            headers = rewritten
+        elif fault == "trickle":  # the body comes in ten pieces, slow_seconds / 10 apart
+            step = max(1, -(-len(body) // 10))
+            pieces = [body[i : i + step] for i in range(0, len(body), step)]
+        real.write(status_line + b"\r\n" + b"".join(b": ".join(h) + b"\r\n" for h in headers) + b"\r\n")
+        if send_body or fault == "chunked":
+            for index, piece in enumerate(pieces):
+                if fault == "trickle" and index and owner._stopping.wait(owner.slow_seconds / 10):
+                    break
+                real.write(piece)
+                real.flush()
+        if fault != "wrong-range":
+            self.close_connection = True
+
+
+class FaultHTTPServer(RangeHTTPServer):
+    """A :class:`RangeHTTPServer` with more fault paths, and a record of every request's headers.
+
+    Every path of :class:`RangeHTTPServer` answers as it does there.  In addition (``REST`` is a path that
+    the plain server would serve, e.g. ``/a.bin`` or ``/status-500/x``):
+
+    * ``/redirect-NNN/HEX`` (300 <= NNN <= 399) answers NNN with an empty body and the header
+      ``Location: bytes.fromhex(HEX).decode()`` (absolute or relative, as given; none if HEX is empty).
+      Hex, because it reaches the server unchanged whichever way a client percent-encodes paths:
+      :func:`redirect_path` builds such a path.
+    * ``/ignore-range/REST`` answers as ``REST`` would without a ``Range`` header (``200``, the whole file).
+    * ``/flaky-N-SSS/REST`` answers SSS (empty body) to the first N requests for this exact path, then as ``REST``.
+    * Broken framing (a status other than 2xx is passed through unchanged), then the connection is closed:
+
+      - ``/short-body/REST``: the right headers, but only the first half of the body;
+      - ``/long-body/REST``: ``Content-Length`` says half of the body, and the whole body is sent;
+      - ``/no-length/REST``: no ``Content-Length`` (``Connection: close``): the body ends at the close;
+      - ``/chunked/REST``: ``Transfer-Encoding: chunked`` (in 1000-byte chunks) instead of ``Content-Length``;
+      - ``/trickle/REST``: the body in ten pieces, ``slow_seconds / 10`` apart.
+
+    * ``/wrong-range/REST``: a ``206`` whose ``Content-Range`` is one byte later than the range sent
+      (the connection stays open).
+    * These prefixes compose, outermost first: ``/ignore-range/trickle/a.bin``, ``/flaky-1-503/chunked/a.bin``.
+    * :attr:`header_log` records ``(target, headers)`` for every parsed request, header names lower-cased.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        slow_seconds: float = 2.0,
+        tls: Any = None,
+    ) -> None:
+        """Serve ``root`` as :class:`RangeHTTPServer` does, with the fault paths above.
+
+        ``tls``: an ``ssl.SSLContext`` holding the server's certificate: serve HTTPS, and :attr:`url` is
+        ``https://127.0.0.1:PORT/``. (A client that fails the handshake is dropped silently.)
+        """
+        self._headers_log: list[tuple[str, dict[str, str]]] = []
+        self._counts: dict[str, int] = {}
+        super().__init__(root, host=host, slow_seconds=slow_seconds)
+        # Nobody knows the port before the constructor returns, so no request can have used the plain handler
+        # or the plain socket: swapping them now is safe.
+        self._server.RequestHandlerClass = _FaultRequestHandler
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self.url = f"https://{host}:{self.port}/"
+
+    @property
+    def header_log(self) -> list[tuple[str, dict[str, str]]]:
+        """A snapshot of ``(target, headers)`` of the requests received so far, oldest first."""
+        with self._requests_lock:
+            return list(self._headers_log)
+
+    def clear_requests(self) -> None:
+        """Forget the requests, headers and ``flaky-`` counts recorded so far."""
+        with self._requests_lock:
+            self._requests.clear()
+            self._headers_log.clear()
+            self._counts.clear()
+
+    def _record_headers(self, target: str, headers: dict[str, str]) -> None:
+        with self._requests_lock:
+            self._headers_log.append((target, headers))
+
+    def _count(self, path: str) -> int:
+        """Count one more request for ``path``; return the new count."""
+        with self._requests_lock:
+            self._counts[path] = self._counts.get(path, 0) + 1
+            return self._counts[path]
+
+
+def redirect_path(status: int, location: str | None) -> str:
+    """The :class:`FaultHTTPServer` path (no leading ``/``) that answers ``status`` with ``Location: location``
+    (no ``Location`` header if ``location`` is ``None``)."""
+    return f"redirect-{status}/{(location or '').encode().hex()}"

@@ -130,7 +130,8 @@ def test_a_file_link_leading_out_is_refused(disk: Path) -> None:
     # Allowing the directory the link really leads to lets it through.
     allowed = kvmap.Reader(manifest, allow=[Path(os.path.realpath(disk / "outside")).as_uri() + "/"])
     assert allowed.get_sync("data/innocent.bin") == SECRET
-    assert allowed.get_sync("dangling") is None
+    with pytest.raises(kvmap.TargetError, match="dangling reference"):  # its exact entry names a missing file
+        allowed.get_sync("dangling")
 
 
 def test_links_that_stay_inside_the_origin_read_fine(disk: Path) -> None:

@@ -116,7 +116,8 @@ def test_an_exact_entry_naming_a_missing_object_is_a_dangling_reference(local: P
             read("in/nofile")
         assert info.value.key == "in/nofile"
         assert info.value.entry == 5
-        assert info.value.url is not None and info.value.url.endswith("nothing.bin")
+        assert info.value.url is not None
+        assert info.value.url.endswith("nothing.bin")
 
 
 def test_an_object_shorter_than_its_window_is_an_error(local: Path) -> None:
@@ -392,7 +393,7 @@ def test_http_targets(web: tuple[RangeHTTPServer, str]) -> None:
         r.get_sync("missing")
 
 
-@pytest.mark.parametrize(("key", "why"), [("e500", "GenericError"), ("e403", "PermissionDenied"), ("short", "shorter")])
+@pytest.mark.parametrize(("key", "why"), [("e500", "HTTP 500"), ("e403", "HTTP 403"), ("short", "shorter")])
 def test_failures_raise_and_name_key_entry_and_url(web: tuple[RangeHTTPServer, str], key: str, why: str) -> None:
     server, url = web
     r = kvmap.Reader(url, stores={server.url: {"retry_config": NO_RETRIES}})
@@ -424,7 +425,8 @@ def test_a_client_timeout_is_a_target_error_naming_key_entry_and_url(
         assert info.value.url == f"{server.url}slow/{url.removeprefix(server.url).rsplit('/', 1)[0]}/data.bin"
         assert "key 'slow'" in str(info.value)
         assert f"{url} entry 5" in str(info.value)
-        assert str(info.value).endswith("(timed out)")
+        assert "timed out" in str(info.value)
+        assert "\n" not in str(info.value)
         assert "\n" not in str(info.value)
 
 

@@ -11,10 +11,12 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import threading
 import tracemalloc
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from zarr.core.buffer import cpu
 
 import kvmap
 from kvmap.store import KVMapStore
-from tests.servers import RangeHTTPServer, S3Server
+from tests.servers import FaultHTTPServer, RangeHTTPServer, S3Server, redirect_path
 
 NO_RETRIES = {"max_retries": 0}
 
@@ -94,7 +96,8 @@ def test_a_failed_local_write_is_a_write_error_and_keeps_the_old_bytes(tmp_path:
         store.set_sync("file/below", cpu.Buffer.from_bytes(b"new"))
     assert info.value.key == "file/below"
     assert info.value.entry == 0
-    assert info.value.url is not None and info.value.url.endswith("d/file/below")
+    assert info.value.url is not None
+    assert info.value.url.endswith("d/file/below")
     assert (tmp_path / "d" / "file").read_bytes() == b"old"
 
 
@@ -135,7 +138,7 @@ def test_a_missing_bucket_is_an_error_not_absence(s3_server: S3Server) -> None:
         lambda: store.set_sync("c/0", cpu.Buffer.from_bytes(b"x")),
         lambda: store.delete_sync("c/0"),
     ):
-        with pytest.raises(kvmap.WriteError, match="bucket does not exist|NoSuchBucket"):
+        with pytest.raises(kvmap.WriteError, match=r"bucket does not exist|NoSuchBucket"):
             write()
     s3_server.create_bucket(gone)  # once it exists, a missing object under the prefix is absent again
     fresh = kvmap.Reader(f"{root}{home}/m.json", stores=stores, allow=[f"{root}{gone}/"])
@@ -322,7 +325,7 @@ def test_a_damaged_member_fails_its_crc_when_read_whole(method: int) -> None:
         lambda: reader.get_many_sync(["k", "z/c/0"]),
         lambda: reader.get_sync("z/c/0"),
     ):
-        with pytest.raises(kvmap.TargetError, match="CRC-32|does not inflate"):
+        with pytest.raises(kvmap.TargetError, match=r"CRC-32|does not inflate"):
             read()
     if method == zipfile.ZIP_STORED:
         # A range of a stored member cannot be checked: it reads what the archive holds (spec 11.3).
@@ -352,3 +355,146 @@ def test_a_replaced_archive_is_never_read_through_its_old_directory() -> None:
             reader.get_sync("k")
         assert reader.get_sync("k") == b"A" * 1000
         obstore.put(store, "a.zip", new)
+
+
+# -- HTTP redirects are never followed --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_origins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultHTTPServer, FaultHTTPServer]]:
+    home, away = tmp_path_factory.mktemp("home-origin"), tmp_path_factory.mktemp("other-origin")
+    (away / "secret").write_bytes(b"OTHER-ORIGIN")
+    with FaultHTTPServer(home) as server, FaultHTTPServer(away) as other:
+        yield server, other
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_an_http_redirect_is_an_error_naming_both_urls(
+    two_origins: tuple[FaultHTTPServer, FaultHTTPServer], status: int
+) -> None:
+    # Regression: a 302/307 to another host returned its bytes, and sent the caller's API key there.
+    server, other = two_origins
+    elsewhere = f"{other.url}secret"
+    same = f"{server.url}data.bin"
+    (server.root / "data.bin").write_bytes(b"home")
+    (server.root / "m.json").write_text(
+        json.dumps(
+            [
+                {"key": "away", "path": redirect_path(status, elsewhere)},
+                {"key": "same", "path": redirect_path(status, same)},
+                {"key": "window", "path": redirect_path(status, elsewhere), "offset": 1, "length": 3},
+                {"prefix": "r/", "path": redirect_path(status, elsewhere) + "/"},
+            ]
+        )
+    )
+    stores = {server.url: {"client_options": {"default_headers": {"x-api-key": "SECRET"}}, "retry_config": NO_RETRIES}}
+    reader = kvmap.Reader(f"{server.url}m.json", stores=stores)
+    other.clear_requests()
+    reads = (
+        lambda k: reader.get_sync(k),
+        lambda k: asyncio.run(reader.get(k)),
+        lambda k: reader.size_sync(k),
+        lambda k: reader.get_many_sync([k, k]),
+        lambda k: reader.get_sync(k, (0, 2)),
+    )
+    for key, to in (("away", elsewhere), ("same", same), ("window", elsewhere)):
+        for read in reads:
+            with pytest.raises(kvmap.TargetError, match="redirect") as info:
+                read(key)
+            assert to in str(info.value)
+            assert info.value.key == key
+    assert other.requests == []  # nothing, and no API key, went to the other origin
+    assert all(h.get("x-api-key") == "SECRET" for _, h in server.header_log)
+
+
+# -- local files: the policy holds at the moment of I/O, for listings as for reads and writes --------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    (home / "data" / "sub").mkdir(parents=True)
+    (home / "data" / "sub" / "ok").write_bytes(b"inside")
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"SECRET")
+    (outside / "deep").mkdir()
+    (outside / "deep" / "x").write_bytes(b"SECRET")
+    (home / "m.json").write_text(json.dumps([{"prefix": "", "path": "data/"}]))
+    return tmp_path
+
+
+def test_listing_does_not_follow_a_directory_link_out_of_the_origin(tree: Path) -> None:
+    # Regression: list_prefix/list_dir listed the names behind a link leading outside.
+    (tree / "home" / "data" / "out").symlink_to(tree / "outside")
+    (tree / "home" / "data" / "in").symlink_to(tree / "home" / "data" / "sub")
+    store = KVMapStore(tree / "home" / "m.json")
+    reader = store.reader
+    assert reader.list_prefix_sync("") == ["in/ok", "sub/ok"]
+    assert "out" not in reader.list_dir_sync("")
+    assert reader.list_prefix_sync("out/") == []
+    assert reader.list_dir_sync("out/") == []
+    assert asyncio.run(reader.list_prefix("out")) == []
+
+
+def test_a_directory_swapped_for_a_link_after_a_read_cannot_lead_out(tree: Path) -> None:
+    # Regression: the decision remembered for data/sub/ let the same reader read, and the same
+    # store write, outside once data/sub was replaced by a link to the outside.
+    store = KVMapStore(tree / "home" / "m.json")
+    reader = store.reader
+    assert reader.get_sync("sub/ok") == b"inside"
+    store.set_sync("sub/new", cpu.Buffer.from_bytes(b"written"))
+    shutil.rmtree(tree / "home" / "data" / "sub")
+    (tree / "home" / "data" / "sub").symlink_to(tree / "outside")
+    (tree / "outside" / "ok").write_bytes(b"SECRET-ok")
+    for read in (
+        lambda: reader.get_sync("sub/ok"),
+        lambda: asyncio.run(reader.get("sub/ok")),
+        lambda: reader.get_many_sync(["sub/ok"]),
+        lambda: reader.size_sync("sub/ok"),
+        lambda: reader.get_sync("sub/secret", (0, 3)),
+    ):
+        with pytest.raises(kvmap.PolicyError, match="outside"):
+            read()
+    for write in (
+        lambda: store.set_sync("sub/new", cpu.Buffer.from_bytes(b"evil")),
+        lambda: asyncio.run(store.set("sub/planted", cpu.Buffer.from_bytes(b"evil"))),
+        lambda: store.delete_sync("sub/secret"),
+    ):
+        with pytest.raises(kvmap.PolicyError, match="outside"):
+            write()
+    assert sorted(p.name for p in (tree / "outside").iterdir()) == ["deep", "ok", "secret"]
+    assert (tree / "outside" / "secret").read_bytes() == b"SECRET"
+
+
+def test_list_dir_omits_directories_that_hold_no_keys(tree: Path) -> None:
+    # Regression: an empty directory left after a delete was listed, and zarr warned about it.
+    store = KVMapStore(tree / "home" / "m.json")
+    store.set_sync("arr/c/0/0", cpu.Buffer.from_bytes(b"x"))
+    assert "arr" in store.reader.list_dir_sync("")
+    store.delete_sync("arr/c/0/0")
+    assert (tree / "home" / "data" / "arr" / "c" / "0").is_dir()  # the directory stays on disk
+    assert "arr" not in store.reader.list_dir_sync("")
+    assert store.reader.list_dir_sync("arr/") == []
+
+
+# -- a range of an existing empty object is empty, on every store -------------------------------------
+
+
+def test_a_range_of_an_empty_object_is_empty(tmp_path: Path, s3_server: S3Server, http_server: RangeHTTPServer) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    (http_server.root / f"empty-{tmp_path.name}").write_bytes(b"")
+    url, memory = _memory()
+    obstore.put(memory, "empty", b"")
+    root, stores = _s3(s3_server)
+    bucket = f"kv-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(bucket)
+    s3_server.put(bucket, "empty", b"")
+    stores[http_server.url] = {"retry_config": NO_RETRIES}
+    for where in (tmp_path.as_uri() + "/", url, f"{root}{bucket}/", f"{http_server.url}"):
+        name = f"empty-{tmp_path.name}" if where == http_server.url else "empty"
+        m = kvmap.Manifest.from_json([{"prefix": "", "path": where}], url=f"{where}m.json")
+        reader = kvmap.Reader(m, stores=stores)
+        for byte_range in (None, (0, 5), (3, None), (None, 4), (0, 0)):
+            assert reader.get_sync(name, byte_range) == b"", (where, byte_range)
+            assert asyncio.run(reader.get(name, byte_range)) == b"", (where, byte_range)
+        assert reader.size_sync(name) == 0
