@@ -38,12 +38,10 @@ from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
-import orjson
-
 from kvmap.chunkmanifest import chunk_manifest
 from kvmap.compiled import CompiledMap, Resolution, compile
 from kvmap.errors import ChainError, PipelineError, PolicyError, ResolveError, TargetError
-from kvmap.manifest import Manifest
+from kvmap.manifest import Manifest, parse_json
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
 from kvmap.url import PIPELINE_SEPARATOR, split_name
@@ -353,6 +351,7 @@ class Chain:
                 if res.data is not None:
                     loc = Location(None, data=res.data)
                     walk.strict = False
+                    continue  # the rest of the current pipeline applies to the inline bytes
                 else:
                     assert res.url is not None
                     try:
@@ -504,10 +503,8 @@ class Chain:
         if kind == "kvmap":
             manifest = Manifest.loads(bytes(text), url=doc, name=doc)
         else:
-            try:
-                document = orjson.loads(bytes(text))
-            except orjson.JSONDecodeError as exc:
-                raise TargetError(f"not a JSON chunk manifest: {exc}", key=walk.key, url=doc) from None
+            # Integers kept exact, as a kvmap document's are (orjson would read 2**64 as a float).
+            document = parse_json(bytes(text), doc)
             manifest = chunk_manifest(document, url=doc)
         cm = compile(manifest)
         self._maps.put(ident, cm)

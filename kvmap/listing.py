@@ -25,7 +25,7 @@ piece's keys are sorted.
 ...     {"key": "t/c/1", "path": None}], url="memory://listing-doc/m.json"))
 >>> walker = keys(Chain(), cm, cm.url, "")
 >>> next(walker)     # the I/O this listing needs: the objects under data/
-List(url='memory://listing-doc/data/', prefix='', delimiter=False, limit=None)
+List(url='memory://listing-doc/data/', prefix='', delimiter=False, limit=None, inside=None)
 >>> try:
 ...     walker.send(["c/0", "c/1", "zarr.json"])
 ... except StopIteration as done:

@@ -41,7 +41,7 @@ from kvmap.entries import MAX_INT, Entry
 from kvmap.errors import ManifestError
 from kvmap.url import PIPELINE_SEPARATOR, is_absolute
 
-__all__ = ["FORMAT_VERSION", "Manifest"]
+__all__ = ["FORMAT_VERSION", "Manifest", "parse_json"]
 
 #: The value of the document's ``"kvmap"`` member this version understands.
 FORMAT_VERSION = 1
@@ -160,7 +160,7 @@ class Manifest:
                 manifest = cls._from_bulk(bulk, url, name)
                 if manifest is not None:
                     return manifest
-            document = _parse_json(text, name or url)
+            document = parse_json(text, name or url)
             return cls._validated(_document_entries(document, name or url), url, name)
 
     @classmethod
@@ -297,7 +297,7 @@ def _document_entries(document: Any, name: str | None) -> list[Any]:
     return entries
 
 
-def _parse_json(text: str | bytes, name: str | None) -> Any:
+def parse_json(text: str | bytes, name: str | None) -> Any:
     """The JSON value of ``text``, its integers exact; :class:`ManifestError` if it is not JSON.
 
     orjson reads an integer beyond 64 bits as a float (``2**64`` comes back as

@@ -1,29 +1,32 @@
-"""Reading keys to bytes on real storage, through obstore: :class:`Reader`.
+"""Reading keys to bytes on real storage: :class:`Reader`.
 
 A :class:`Reader` is opened on a manifest — a path, a URL, a pipeline ending in
 ``|kvmap:`` (or ``|zarr_chunk_manifest:``), or a :class:`~kvmap.Manifest` — and
 turns keys into bytes, following chained manifests (:mod:`kvmap.chain`) under a
 security :class:`~kvmap.Policy`. The async methods are the core; the ``*_sync``
-methods do the same with obstore's blocking calls (no event loop), for scripts
-and the CLI.
+methods do the same with blocking calls (no event loop), for scripts and the CLI.
+Each read goes to the store of its URL (:mod:`kvmap.backends`): local files
+through :mod:`kvmap.localfs`, which checks the policy's confinement on what it
+opened; ``http(s)://`` through :mod:`kvmap.httpio`, which never follows a
+redirect; object stores and memory through obstore.
 
 The async methods read local files and memory stores of at most
-``local_blocking_limit`` bytes (default 128 KiB) with obstore's *blocking*
-calls, on the event loop's thread. An awaited obstore call hands the request to
-obstore's thread pool and wakes the loop when it is done; for a read of a file
-in the page cache those thread switches cost more than the read, so a blocking
-read takes 0.3-0.5x the time when reads come one at a time, and no more with
-10 in flight up to 128 KiB. Above that, awaited reads in flight overlap on
-obstore's threads and win (bench/bench_local_read.py). A local read that is
-slow (a cold disk, a network file system) holds the loop up while it lasts; set
-the limit to 0 to await every read. With a limit above 0, asking a local
-object's size (``head``) and opening one to read it whole are blocking calls
-whatever its size; only the transfer of more than the limit is awaited. Network
-stores are always awaited.
+``local_blocking_limit`` bytes (default 128 KiB) with *blocking* calls, on the
+event loop's thread. An awaited call hands the request to a thread pool and
+wakes the loop when it is done; for a read of a file in the page cache those
+thread switches cost more than the read, so a blocking read takes a fraction of
+the time when reads come one at a time, and no more with 10 in flight up to
+128 KiB. Above that, awaited reads in flight overlap on threads and win
+(bench/bench_local_read.py). A local read that is slow (a cold disk, a network
+file system) holds the loop up while it lasts; set the limit to 0 to await every
+read. With a limit above 0, asking a local object's size (``head``) and opening
+one to read it whole are blocking calls whatever its size; only the transfer of
+more than the limit is awaited. Network stores are always awaited.
 
 Batched reads (:meth:`Reader.get_many`) walk every key, then group the reads
 by object: one ``get_ranges`` per object with several windows (obstore merges
-nearby ones into one request), one ``get_range`` otherwise.
+nearby ones into one request; a local file is opened once), one read otherwise.
+A manifest or zip directory that several walks ask for at once is read once.
 
 >>> import kvmap
 >>> store = kvmap.memory_store("reader-doc")
@@ -49,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import obstore
-from obstore.store import LocalStore, MemoryStore
+from obstore.store import LocalStore
 
 from kvmap import backends, listing, localfs
 from kvmap.chain import (
@@ -85,8 +88,6 @@ if TYPE_CHECKING:
 __all__ = ["Explained", "Reader", "Write"]
 
 T = TypeVar("T")
-#: Stores whose reads may be blocking calls on the event loop's thread (module docstring).
-_NEAR = (LocalStore, MemoryStore)
 #: The default ``local_blocking_limit``: 128 KiB.
 DEFAULT_LOCAL_BLOCKING_LIMIT = 128 << 10
 _WALK: Any = object()  # get()'s fast path gives up: take the walk

@@ -7,6 +7,7 @@ Real stores only: local files, memory stores, the loopback S3 API server and HTT
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -498,3 +499,16 @@ def test_a_range_of_an_empty_object_is_empty(tmp_path: Path, s3_server: S3Server
             assert reader.get_sync(name, byte_range) == b"", (where, byte_range)
             assert asyncio.run(reader.get(name, byte_range)) == b"", (where, byte_range)
         assert reader.size_sync(name) == 0
+
+
+def test_a_pipeline_goes_on_after_inline_bytes() -> None:
+    # Found in review of the stack-based walk: adapters after a manifest hop that ends on inline
+    # bytes (an archive kept inline in a manifest) must still apply to those bytes.
+    url, store = _memory()
+    archive = base64.b64encode(_zip({"c/0": b"member"})).decode()
+    _put_json(store, "inner.json", [{"key": "arch", "data": archive}])
+    _put_json(store, "m.json", [{"prefix": "z/", "path": "inner.json|kvmap:arch|zip:"}])
+    reader = kvmap.Reader(f"{url}m.json")
+    assert reader.get_sync("z/c/0") == b"member"
+    assert reader.get_many_sync(["z/c/0", "z/c/1"]) == [b"member", None]
+    assert reader.list_prefix_sync("z/") == ["z/c/0"]
