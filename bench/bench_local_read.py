@@ -1,11 +1,11 @@
-"""Local reads on an event loop: a blocking obstore call vs an awaited one (``local_blocking_limit``).
+"""Local reads on an event loop: a blocking call vs an awaited one (``local_blocking_limit``).
 
-kvmap's async reads of local files up to ``local_blocking_limit`` bytes (default 1 MiB)
-are obstore's blocking calls, made on the event loop's thread. This script measures that
+kvmap's async reads of local files up to ``local_blocking_limit`` bytes (default 128 KiB)
+are blocking calls (``kvmap.localfs``: open, check, ``pread``), made on the event loop's thread. This script measures that
 choice: ``await reader.get(key)`` for windows of 1 KiB, 64 KiB, 128 KiB and 1 MiB of
 files in the page cache, blocking (``local_blocking_limit`` above the size) vs awaited
-(``local_blocking_limit=0``: every read an awaited obstore call, as zarr's
-``ObjectStore`` and VirtualiZarr's ``ManifestStore`` make them). Each in two ways:
+(``local_blocking_limit=0``: every read handed to a worker thread and awaited, as zarr's
+``ObjectStore`` and VirtualiZarr's ``ManifestStore`` await obstore's calls). Each in two ways:
 
 * **one at a time**: ``for k in keys: await reader.get(k)`` (a zarr random-chunk read);
 * **10 at a time**: ``asyncio.gather`` over the keys, at most 10 in flight (zarr's
