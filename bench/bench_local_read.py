@@ -1,8 +1,8 @@
 """Local reads on an event loop: a blocking call vs an awaited one (``local_blocking_limit``).
 
 kvmap's async reads of local files up to ``local_blocking_limit`` bytes (default 128 KiB)
-are blocking calls (``kvmap.localfs``: open, check, ``pread``), made on the event loop's thread. This script measures that
-choice: ``await reader.get(key)`` for windows of 1 KiB, 64 KiB, 128 KiB and 1 MiB of
+are blocking calls (``kvmap.localfs``: open, check, ``pread``), made on the event loop's
+thread. This script measures that choice: ``await reader.get(key)`` for windows of 1 KiB, 64 KiB, 128 KiB and 1 MiB of
 files in the page cache, blocking (``local_blocking_limit`` above the size) vs awaited
 (``local_blocking_limit=0``: every read handed to a worker thread and awaited, as zarr's
 ``ObjectStore`` and VirtualiZarr's ``ManifestStore`` await obstore's calls). Each in two ways:
