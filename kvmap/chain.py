@@ -33,6 +33,7 @@ The rules, in the order the walk meets them:
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field, replace
@@ -270,6 +271,7 @@ class Chain:
     ``cache_size`` bounds the manifests (and, separately, zip directories) kept."""
 
     __slots__ = (
+        "_deciding",
         "_decisions",
         "_folders",
         "_maps",
@@ -301,6 +303,7 @@ class Chain:
         # Decisions, as their confinement ("" for none), and per directory a test for the siblings
         # that are decided the same way (Policy.siblings), with that confinement.
         self._decisions: _Bounded[tuple[str, str], str] = _Bounded(cache_size * 64)
+        self._deciding = threading.Lock()
         self._folders: _Bounded[tuple[str, str], tuple[Callable[[str], bool], str | None]] = _Bounded(cache_size * 64)
 
     # -- the walk ---------------------------------------------------------------------
@@ -468,12 +471,19 @@ class Chain:
         if sibling is not None and sibling[0](name):
             inside = sibling[1]
         else:
-            inside = self.policy.check(url, manifest=manifest, entry=entry, key=key)
+            # One full decision at a time: threads that meet a new directory at once share it
+            # (asyncio needs no lock: nothing here awaits).
+            with self._deciding:
+                sibling = self._folders.get(folder)
+                if sibling is not None and sibling[0](name):
+                    inside = sibling[1]
+                else:
+                    inside = self.policy.check(url, manifest=manifest, entry=entry, key=key)
+                    if sibling is None:
+                        same = self.policy.siblings(url)
+                        if same is not None:
+                            self._folders.put(folder, (same, inside))
         self._decisions.put(decided, inside or "")
-        if sibling is None:
-            same = self.policy.siblings(url)
-            if same is not None:
-                self._folders.put(folder, (same, inside))
         return inside
 
     # -- manifests --------------------------------------------------------------------
@@ -598,7 +608,9 @@ class Chain:
             # The archive's identity (and size) now: the directory, and every member read through
             # it, must come from this version (a replaced archive is read again, never mixed).
             assert archive.url is not None
-            meta = yield from self._fetch(Read(archive.url, head=True, identify=True, inside=archive.inside), walk)
+            meta = yield from self._fetch(
+                Read(archive.url, head=True, identify=True, inside=archive.inside, once=True), walk
+            )
             if meta is None:
                 return None
             total, tag = meta

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import datetime
+import functools
 import http.client
 import ipaddress
 import random
@@ -98,7 +99,7 @@ _CHUNK: Final = 1024 * 1024
 # A body left unread after an answer is read off (to reuse the connection) only if it is this small.
 _DRAIN_MAX: Final = 64 * 1024
 # Idle connections kept per source (reqwest keeps any number; urllib3 needs a bound).
-_DEFAULT_POOL_SIZE: Final = 32
+_DEFAULT_POOL_SIZE: Final = 64  # idle connections kept: as many as the async methods have threads (_THREADS)
 
 _USER_AGENT: Final = f"kvmap (urllib3/{getattr(urllib3, '__version__', '2')})"
 
@@ -115,6 +116,23 @@ _NO_RETRIES: Final = Retry(total=False, redirect=False, raise_on_redirect=False,
 def _one_line(text: str) -> str:
     """``text`` with every run of whitespace (newlines included) turned into one space."""
     return " ".join(text.split())
+
+
+#: Threads for the async methods: network requests wait, they do not compute, so many may be in flight —
+#: asyncio's default executor has min(32, cores + 4) threads, 6 on a 2-core machine, which would cap a
+#: zarr read of many chunks at 6 requests at once.
+_THREADS = 64
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+async def _in_thread(call: Callable[..., _T], *args: Any) -> _T:
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="kvmap-http")
+    return await asyncio.get_running_loop().run_in_executor(_POOL, call, *args)
 
 
 class HTTPReadError(Exception):
@@ -1006,8 +1024,8 @@ class HTTPSource:
     # -- async reads ------------------------------------------------------------------------------------------------
 
     async def head_async(self, path: str) -> int | None:
-        """:meth:`head` in a thread (``asyncio.to_thread``): the event loop is never blocked."""
-        return await asyncio.to_thread(self.head, path)
+        """:meth:`head` in a thread of this module's pool: the event loop is never blocked."""
+        return await _in_thread(self.head, path)
 
     async def get_async(
         self,
@@ -1018,8 +1036,8 @@ class HTTPSource:
         *,
         limit: int | None = None,
     ) -> bytes | None:
-        """:meth:`get` in a thread (``asyncio.to_thread``): the event loop is never blocked."""
-        return await asyncio.to_thread(self.get, path, start, end, suffix, limit=limit)
+        """:meth:`get` in a thread of this module's pool: the event loop is never blocked."""
+        return await _in_thread(functools.partial(self.get, path, start, end, suffix, limit=limit))
 
     async def get_ranges_async(self, path: str, starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
         """:meth:`get_ranges` with each coalesced request in its own thread, at most 10 at a time."""
@@ -1031,7 +1049,7 @@ class HTTPSource:
 
         async def fetch(span: tuple[int, int]) -> bytes:
             async with gate:
-                return await asyncio.to_thread(self._get_span, url, *span)
+                return await _in_thread(self._get_span, url, *span)
 
         results = await asyncio.gather(*(fetch(span) for span in spans), return_exceptions=True)
         datas: list[bytes] = []

@@ -88,6 +88,8 @@ if TYPE_CHECKING:
 __all__ = ["Explained", "Reader", "Write"]
 
 T = TypeVar("T")
+#: The default ``max_concurrency``: requests of one batch in flight at once.
+DEFAULT_MAX_CONCURRENCY = 32
 #: The default ``local_blocking_limit``: 128 KiB.
 DEFAULT_LOCAL_BLOCKING_LIMIT = 128 << 10
 _WALK: Any = object()  # get()'s fast path gives up: take the walk
@@ -131,8 +133,9 @@ class Reader:
     hops of one key; ``cache_size`` the manifests kept; ``local_blocking_limit``
     the largest local read the async methods make with a blocking call (see the
     module; 0: none); ``max_manifest_bytes`` the largest manifest (or zip directory) read,
-    refused before it is read and while it is read (default 2 GiB). Raises ``ValueError`` for a
-    negative ``local_blocking_limit``.
+    refused before it is read and while it is read (default 2 GiB); ``max_concurrency`` the
+    requests one batch (:meth:`get_many`) has in flight at once (default 32). Raises
+    ``ValueError`` for a negative ``local_blocking_limit`` or a ``max_concurrency`` below 1.
 
     Missing things are ``None``; every failure raises a :class:`~kvmap.KvmapError`
     naming the key, the manifest entry and the URL.
@@ -163,9 +166,12 @@ class Reader:
         cache_size: int = DEFAULT_CACHE_SIZE,
         local_blocking_limit: int = DEFAULT_LOCAL_BLOCKING_LIMIT,
         max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     ) -> None:
         if local_blocking_limit < 0:
             raise ValueError(f"local_blocking_limit must be >= 0, not {local_blocking_limit}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
         self.target = target
         self.options: dict[str, Any] = {
             "allow": tuple(allow),
@@ -175,6 +181,7 @@ class Reader:
             "cache_size": cache_size,
             "local_blocking_limit": local_blocking_limit,
             "max_manifest_bytes": max_manifest_bytes,
+            "max_concurrency": max_concurrency,
         }
         self._blocking = local_blocking_limit
         # file:// targets are held to real paths: a symbolic link cannot lead out of what allows them.
@@ -358,9 +365,17 @@ class Reader:
 
     async def _drive_many(self, walkers: list[_Walker[Any]]) -> list[Any]:
         results, pending = _start(walkers)
+        # At most max_concurrency requests of one batch in flight: a batch of 10,000 keys in as
+        # many objects must not open 10,000 connections at once.
+        limit = asyncio.Semaphore(self.options["max_concurrency"])
+
+        async def bounded(url: str, reads: list[Read]) -> list[Any] | BaseException:
+            async with limit:
+                return await self._read_group_async(url, reads)
+
         while pending:
             groups = _group(pending)
-            answers = await asyncio.gather(*(self._read_group_async(url, reads) for url, reads in groups.items()))
+            answers = await asyncio.gather(*(bounded(url, reads) for url, reads in groups.items()))
             _answer(pending, results, groups, answers)
         return results
 

@@ -33,7 +33,14 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MANIFEST_BYTES, ByteRange
 from kvmap.errors import WriteError
 from kvmap.manifest import Manifest
-from kvmap.reader import DEFAULT_LOCAL_BLOCKING_LIMIT, Explained, Reader, Write, manifest_url
+from kvmap.reader import (
+    DEFAULT_LOCAL_BLOCKING_LIMIT,
+    DEFAULT_MAX_CONCURRENCY,
+    Explained,
+    Reader,
+    Write,
+    manifest_url,
+)
 
 __all__ = ["KVMapStore"]
 
@@ -44,8 +51,8 @@ class KVMapStore(Store):
     ``target`` is what :class:`~kvmap.Reader` opens: a manifest path or URL, a
     pipeline ending in ``|kvmap:`` (its path is a key prefix), or a
     :class:`~kvmap.Manifest`. ``allow``, ``allow_all``, ``stores``, ``max_depth``,
-    ``cache_size``, ``local_blocking_limit`` and ``max_manifest_bytes`` are the Reader's. The store pickles
-    by this configuration and equals its unpickled copy.
+    ``cache_size``, ``local_blocking_limit``, ``max_manifest_bytes`` and ``max_concurrency``
+    are the Reader's. The store pickles by this configuration and equals its unpickled copy.
 
     Missing keys read as ``None``; every failure raises a :class:`~kvmap.KvmapError`
     (zarr would otherwise fill the chunk with its fill value). Writes to a key
@@ -69,6 +76,7 @@ class KVMapStore(Store):
         cache_size: int = DEFAULT_CACHE_SIZE,
         local_blocking_limit: int = DEFAULT_LOCAL_BLOCKING_LIMIT,
         max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     ) -> None:
         super().__init__(read_only=read_only)
         if not isinstance(target, Manifest):
@@ -82,6 +90,7 @@ class KVMapStore(Store):
             cache_size=cache_size,
             local_blocking_limit=local_blocking_limit,
             max_manifest_bytes=max_manifest_bytes,
+            max_concurrency=max_concurrency,
         )
 
     @property

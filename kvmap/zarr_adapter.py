@@ -8,7 +8,8 @@ zarr without it the classes stand alone and nothing imports them, so older zarr
 versions are unaffected.
 
 kvmap's own options come through ``storage_options``: ``allow``, ``allow_all``,
-``stores``, ``max_depth``, ``cache_size``, ``local_blocking_limit``, ``max_manifest_bytes`` and
+``stores``, ``max_depth``, ``cache_size``, ``local_blocking_limit``, ``max_manifest_bytes``,
+``max_concurrency`` and
 ``read_only``; ``mode="r"`` opens read-only.
 """
 
@@ -29,7 +30,16 @@ else:
 
 __all__ = ["ChunkManifestAdapter", "KvmapAdapter"]
 
-_OPTIONS = ("allow", "allow_all", "stores", "max_depth", "cache_size", "local_blocking_limit", "max_manifest_bytes")
+_OPTIONS = (
+    "allow",
+    "allow_all",
+    "stores",
+    "max_depth",
+    "cache_size",
+    "local_blocking_limit",
+    "max_manifest_bytes",
+    "max_concurrency",
+)
 
 
 class KvmapAdapter(_Base):
