@@ -20,10 +20,10 @@ urllib3. Its rules:
   verification.
 * **Options** are obstore's ``ClientConfig`` / ``RetryConfig`` spellings (see :class:`HTTPSource`), so the
   options kvmap's users pass for ``HTTPStore`` keep working.
-* **Proxies**: obstore (reqwest) reads ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` from the environment; this
-  module does **not** (urllib3 does not either): a proxy is used only when ``client_options`` names one in
-  ``proxy_url`` (with ``proxy_excludes`` and ``proxy_ca_certificate`` as in obstore). Reads then go to the proxy,
-  and the proxy's own redirects are refused like any other.
+* **Proxies**: ``client_options``' ``proxy_url`` (with ``proxy_excludes`` and ``proxy_ca_certificate``, as in
+  obstore), or else, as obstore (reqwest) does, the environment: ``HTTPS_PROXY``/``HTTP_PROXY`` by the origin's
+  scheme, then ``ALL_PROXY``, bypassed by ``NO_PROXY`` (either case). Reads then go to the proxy, and the proxy's
+  own redirects are refused like any other.
 * Bodies are returned as sent (``Accept-Encoding: identity``, no content decoding), as obstore does.
 
 Object paths are passed decoded, as to obstore: ``"dir/a b%.bin"``. They are checked and percent-encoded
@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import datetime
 import functools
 import http.client
 import ipaddress
+import os
 import random
 import re
 import ssl
@@ -133,6 +135,18 @@ async def _in_thread(call: Callable[..., _T], *args: Any) -> _T:
             if _POOL is None:
                 _POOL = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="kvmap-http")
     return await asyncio.get_running_loop().run_in_executor(_POOL, call, *args)
+
+
+def _environment_proxy(client: _Client, scheme: str) -> _Client:
+    """``client`` with the proxy the environment names for ``scheme`` (reqwest's rules), if any."""
+    env = {k.lower(): v for k, v in os.environ.items() if k.lower().endswith("_proxy") and v}
+    url = env.get(f"{scheme}_proxy") or env.get("all_proxy")
+    if url is None:
+        return client
+    if "://" not in url:
+        url = f"http://{url}"  # reqwest reads a bare host:port as an HTTP proxy
+    excludes = tuple(part.strip().lower() for part in env.get("no_proxy", "").split(",") if part.strip())
+    return dataclasses.replace(client, proxy_url=url, proxy_excludes=excludes)
 
 
 class HTTPReadError(Exception):
@@ -889,6 +903,8 @@ class HTTPSource:
             if client.allow_invalid_certificates:
                 pool_class = _QuietUnverifiedPool
                 pool_kwargs.update(cert_reqs="CERT_NONE", assert_hostname=False)
+        if client.proxy_url is None:
+            client = _environment_proxy(client, scheme)
         self._absolute_form = False  # request targets in absolute form: plain HTTP through a forwarding proxy
         self._pool: urllib3.HTTPConnectionPool
         self._manager: urllib3.ProxyManager | None = None

@@ -843,14 +843,33 @@ def test_headers_sent(server: FaultHTTPServer) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_environment_proxy_ignored(server: FaultHTTPServer, proxy: FaultHTTPServer, monkeypatch: Any) -> None:
-    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.setenv(name, proxy.url)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+@pytest.mark.parametrize("name", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
+def test_environment_proxy_used_as_obstore_does(
+    server: FaultHTTPServer, proxy: FaultHTTPServer, monkeypatch: Any, name: str
+) -> None:
+    # obstore (reqwest) reads the proxy from the environment; so does kvmap's client, which replaced it.
+    for var in (
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(name, proxy.url)
+    proxy.clear_requests()
+    assert make(server).get("small.bin") == b"via the proxy"
+    assert [(r.method, r.path) for r in proxy.requests] == [("GET", server.url + "small.bin")]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     proxy.clear_requests()
     assert make(server).get("small.bin") == b"0123456789"
     assert proxy.requests == []
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.setenv(name, "http://127.0.0.1:9")  # the options' proxy_url wins over the environment
+    assert make(server, proxy_url=proxy.url).get("small.bin") == b"via the proxy"
 
 
 def test_proxy_url(server: FaultHTTPServer, proxy: FaultHTTPServer, other: FaultHTTPServer) -> None:
