@@ -566,7 +566,8 @@ class Chain:
         where = f"{archive.url or '<inline>'}|zip:{name}"
         if found is None:
             return self._absent(walk, archive.url, "zip archive")
-        index, archive = found
+        # The cached identity, with this walk's own confinement (another walk may have loaded it).
+        index, archive = found[0], replace(found[1], inside=archive.inside)
         member = index.members.get(name)
         if member is None:
             return self._absent(walk, where, "zip member")

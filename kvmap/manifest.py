@@ -22,8 +22,12 @@ same rules.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import re
+import secrets
+import stat
+import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -38,10 +42,13 @@ import orjson
 
 from kvmap._gcpause import paused_gc
 from kvmap.entries import MAX_INT, Entry
-from kvmap.errors import ManifestError
+from kvmap.errors import KvmapError, ManifestError
 from kvmap.url import PIPELINE_SEPARATOR, is_absolute
 
-__all__ = ["FORMAT_VERSION", "Manifest", "parse_json"]
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["FORMAT_VERSION", "Manifest", "SaveError", "parse_json"]
 
 #: The value of the document's ``"kvmap"`` member this version understands.
 FORMAT_VERSION = 1
@@ -241,24 +248,114 @@ class Manifest:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the document to ``path`` atomically.
 
-        The text goes to a temporary file in the same directory, is flushed to
-        disk, and then renamed over ``path``: readers see the old document or the
-        new one, never a part. On error the temporary file is removed.
+        The text goes to a temporary file in the same directory, is written and
+        flushed to disk (``fsync``), and is then renamed over ``path``, after which
+        the directory is flushed too: readers see the old document or the new one
+        whole, never a part and never no file, even if the process is killed
+        (``SIGKILL``) at any moment. Concurrent saves to one path (threads or
+        processes) each use their own temporary file; the last rename wins.
+
+        The temporary file is ``.{name}.kvmap-{pid}-{16 hex digits}.tmp`` (``name``
+        the last component of ``path``, shortened to 200 bytes), created new and
+        exclusively with the permissions of any new file (``0o666`` less the
+        umask; the old file's mode and owner are not carried over), and held under
+        an exclusive ``flock`` from its creation until after the rename. A save
+        killed half-way leaves its one temporary file behind; each successful save
+        then removes those of ``path``'s name whose writer is gone: its pid is no
+        process on this host *and* the lock can be taken (locks die with their
+        process), so a live save's file, of this host or another pid namespace
+        sharing the directory, is never removed. That costs one listing of the
+        directory per save; on Windows (no ``flock``) stale files are left.
+
+        ``path`` itself is replaced: if it is a symbolic link, the link is
+        replaced by the new file and what it pointed to is left as it was.
+
+        Raises :class:`SaveError` (a :class:`~kvmap.KvmapError` and an
+        ``OSError``) when the file cannot be written, e.g. a missing directory or a
+        ``path`` that is a directory; then the temporary file is removed and the
+        old file, if any, is unchanged.
         """
         target = os.path.abspath(os.fspath(path))
-        directory = os.path.dirname(target)
-        fd, tmp = tempfile.mkstemp(prefix=".kvmap-", suffix=".tmp", dir=directory)
+        directory, name = os.path.split(target)
+        data = self.dumps()
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.dumps())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+            fd, tmp = _create_temp(directory, name)
+        except ValueError as exc:  # e.g. a NUL character in the path
+            raise SaveError(errno.EINVAL, f"cannot save the manifest: {exc}", target) from exc
+        except OSError as exc:
+            raise _save_error(exc, target) from exc
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # only ever this save's own name
+                raise
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # releases the lock: after the rename or the unlink
+        except OSError as exc:
+            raise _save_error(exc, target) from exc
         _fsync_directory(directory)
+        _remove_stale_temps(directory, name)
+
+
+class SaveError(KvmapError, OSError):
+    """Saving a manifest failed; the file at the path, if any, is as it was.
+
+    An ``OSError`` too, with the ``errno`` and ``filename`` of the failure.
+    """
+
+
+#: Of the saved file's name, at most this many bytes go into its temporary name
+#: (which adds at most 40 to them, within the usual limit of 255).
+_TEMP_NAME_BYTES = 200
+_TEMP_TAIL = re.compile(r"([1-9][0-9]{0,9})-[0-9a-f]{16}\.tmp")
+
+
+def _temp_prefix(name: str) -> str:
+    """``.{name}.kvmap-``: the temporary names of saves to ``name`` start so."""
+    while len(os.fsencode(name)) > _TEMP_NAME_BYTES:
+        name = name[:-1]
+    return f".{name}.kvmap-"
+
+
+def _create_temp(directory: str, name: str) -> tuple[int, str]:
+    """A new temporary file for saving to ``name``, locked: its descriptor and path."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    prefix = _temp_prefix(name)
+    for _ in range(100):
+        tmp = os.path.join(directory, f"{prefix}{os.getpid()}-{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the umask applies, as to any new file
+        except FileExistsError:
+            continue
+        if sys.platform != "win32":
+            try:
+                # Blocking: a cleaner (of another pid namespace) may hold it for a moment.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass  # no locks on this file system: cleaners cannot lock it either, so keep it
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp)
+                raise
+        return fd, tmp
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _save_error(exc: OSError, target: str) -> SaveError:
+    if exc.errno is None:
+        return SaveError(f"cannot save the manifest to {target}: {exc}")
+    return SaveError(exc.errno, f"cannot save the manifest: {exc.strerror}", target)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -271,6 +368,56 @@ def _fsync_directory(directory: str) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(directory: str, name: str) -> None:
+    """Remove the temporary files that killed saves to ``name`` left (best effort)."""
+    if sys.platform == "win32":
+        return  # no flock, and os.kill(pid, 0) would end the process
+    prefix = _temp_prefix(name)
+    try:
+        with os.scandir(directory) as listing:
+            candidates = [entry.name for entry in listing if entry.name.startswith(prefix)]
+    except OSError:
+        return
+    for candidate in candidates:
+        match = _TEMP_TAIL.fullmatch(candidate, len(prefix))
+        if match is not None and not _pid_alive(int(match[1])):
+            with contextlib.suppress(OSError):
+                _remove_if_unlocked(os.path.join(directory, candidate))
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` may be a live process on this host (``True`` when unsure)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # PermissionError: it exists (another user's)
+    return True
+
+
+def _remove_if_unlocked(path: str) -> None:
+    """Unlink the temporary file ``path`` if no process holds its lock."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # held by a live save (or no locks here: then it cannot be told apart)
+        now = os.stat(path, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
+            os.unlink(path)
     finally:
         os.close(fd)
 
