@@ -23,6 +23,7 @@ from kvmap.errors import (
     PipelineError,
     PolicyError,
     ResolveError,
+    SaveError,
     TargetError,
     WriteError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Reader",
     "Resolution",
     "ResolveError",
+    "SaveError",
     "TargetError",
     "WriteError",
     "compile",

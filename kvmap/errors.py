@@ -15,7 +15,9 @@ __all__ = [
     "PipelineError",
     "PolicyError",
     "ResolveError",
+    "SaveError",
     "TargetError",
+    "WriteError",
 ]
 
 
@@ -126,6 +128,13 @@ class PolicyError(ResolveError, PermissionError):
 
 class ChainError(ResolveError):
     """Chained manifests loop back on themselves or nest deeper than the limit."""
+
+
+class SaveError(KvmapError, OSError):
+    """Saving a manifest failed; the file at the path, if any, is as it was.
+
+    An ``OSError`` too, with the ``errno`` and ``filename`` of the failure.
+    """
 
 
 class WriteError(ResolveError):

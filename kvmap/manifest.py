@@ -42,13 +42,13 @@ import orjson
 
 from kvmap._gcpause import paused_gc
 from kvmap.entries import MAX_INT, Entry
-from kvmap.errors import KvmapError, ManifestError
+from kvmap.errors import ManifestError, SaveError
 from kvmap.url import PIPELINE_SEPARATOR, is_absolute
 
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["FORMAT_VERSION", "Manifest", "SaveError", "parse_json"]
+__all__ = ["FORMAT_VERSION", "Manifest", "parse_json"]
 
 #: The value of the document's ``"kvmap"`` member this version understands.
 FORMAT_VERSION = 1
@@ -263,14 +263,15 @@ class Manifest:
         killed half-way leaves its one temporary file behind; each successful save
         then removes those of ``path``'s name whose writer is gone: its pid is no
         process on this host *and* the lock can be taken (locks die with their
-        process), so a live save's file, of this host or another pid namespace
-        sharing the directory, is never removed. That costs one listing of the
-        directory per save; on Windows (no ``flock``) stale files are left.
+        process). So a live save's file on this host is never removed, and one
+        of another pid namespace or host sharing the directory is kept by its
+        lock (where the file system has ``flock``; where it has none, stale files
+        are left, as on Windows). That costs one listing of the directory per save.
 
         ``path`` itself is replaced: if it is a symbolic link, the link is
         replaced by the new file and what it pointed to is left as it was.
 
-        Raises :class:`SaveError` (a :class:`~kvmap.KvmapError` and an
+        Raises :class:`~kvmap.SaveError` (a :class:`~kvmap.KvmapError` and an
         ``OSError``) when the file cannot be written, e.g. a missing directory or a
         ``path`` that is a directory; then the temporary file is removed and the
         old file, if any, is unchanged.
@@ -300,13 +301,6 @@ class Manifest:
             raise _save_error(exc, target) from exc
         _fsync_directory(directory)
         _remove_stale_temps(directory, name)
-
-
-class SaveError(KvmapError, OSError):
-    """Saving a manifest failed; the file at the path, if any, is as it was.
-
-    An ``OSError`` too, with the ``errno`` and ``filename`` of the failure.
-    """
 
 
 #: Of the saved file's name, at most this many bytes go into its temporary name
