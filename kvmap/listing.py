@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 from kvmap.chain import Chain, Location, Read, Walk
 from kvmap.compiled import CompiledMap, RangeTarget
-from kvmap.errors import ChainError, PipelineError
+from kvmap.errors import ChainError, PipelineError, ResolveError
 from kvmap.keyrange import KeyRange, key_successor, prefix_range, range_common_prefix_length
 from kvmap.pipeline import Pipeline
 from kvmap.zipindex import ZipIndex
@@ -187,7 +187,7 @@ def _target_keys(chain: Chain, doc: str, entry: int, url: str, prefix: str, limi
     """Names ``n`` starting with ``prefix`` such that ``url + n`` exists, sorted."""
     space = yield from _open(chain, doc, entry, url)
     if space.kind == "root":
-        names: list[str] = yield List(url, prefix, limit=limit, inside=space.inside)
+        names: list[str] = yield from _listed(List(url, prefix, limit=limit, inside=space.inside), doc, entry)
         return sorted(names)
     if space.cm is not None:
         found = yield from keys(chain, space.cm, space.doc, space.path + prefix, limit=limit, depth=depth + 1)
@@ -204,7 +204,9 @@ def _target_children(chain: Chain, doc: str, piece: RangeTarget, directory: str,
     inner = space.path + directory
     if space.kind == "root" and piece.url.endswith("/"):
         # A target that is a whole directory maps directories onto directories: one level.
-        dirs, objects = yield List(piece.url, directory, delimiter=True, inside=space.inside)
+        dirs, objects = yield from _listed(
+            List(piece.url, directory, delimiter=True, inside=space.inside), doc, piece.entry
+        )
         return {*dirs, *objects}
     if space.cm is not None and (inner == "" or inner.endswith("/")):
         return set((yield from children(chain, space.cm, space.doc, inner, depth=depth + 1)))
@@ -212,6 +214,16 @@ def _target_children(chain: Chain, doc: str, piece: RangeTarget, directory: str,
         return set()
     names = yield from _target_keys(chain, doc, piece.entry, piece.url, directory, None, depth)
     return {_first_segment(n, directory) for n in names}
+
+
+def _listed(request: List, doc: str, entry: int) -> _Lister:
+    """The answer to ``request``; a failure names the manifest and entry whose target it lists."""
+    try:
+        return (yield request)
+    except ResolveError as exc:
+        if exc.manifest is not None:
+            raise
+        raise type(exc)(exc.reason, key=exc.key, manifest=doc, entry=entry, url=exc.url) from exc
 
 
 def _first_segment(key: str, directory: str) -> str:

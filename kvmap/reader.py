@@ -92,7 +92,17 @@ T = TypeVar("T")
 DEFAULT_MAX_CONCURRENCY = 32
 #: The default ``local_blocking_limit``: 128 KiB.
 DEFAULT_LOCAL_BLOCKING_LIMIT = 128 << 10
-_WALK: Any = object()  # get()'s fast path gives up: take the walk
+
+
+class _Failed:
+    """What get()'s fast path read when its read raised: handed to the walk, which reports it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 _Walker = Generator[Read, Any, T]
 _Lister = Generator[Read | List, Any, T]  # listings also ask for object listings
 
@@ -294,11 +304,14 @@ class Reader:
             if read is None:
                 return want  # type: ignore[no-any-return]
             try:
-                data = await self._read_async(read)
-            except Exception:
-                data = _WALK  # the walk reads again and reports the failure with its context
+                data: Any = await self._read_async(read)
+            except Exception as exc:
+                data = _Failed(exc)
             if _answers(data, want, chain, key):
                 return data  # type: ignore[no-any-return]
+            # The walk decides what the answer means (and names key, entry and URL in an error),
+            # given what was read: the read is not made again.
+            return await self._drive(self._get(key, byte_range), (read, data))
         return await self._drive(self._get(key, byte_range))
 
     async def get_many(
@@ -327,12 +340,19 @@ class Reader:
         """The immediate child names below ``directory`` (``""`` or ending in ``/``), sorted."""
         return await self._drive(self._list_dir(directory))
 
-    async def _drive(self, walker: _Lister[T]) -> T:
+    async def _drive(self, walker: _Lister[T], known: tuple[Read, Any] | None = None) -> T:
+        """Run ``walker``, answering its requests; ``known``: a read already made and its answer
+        (or :class:`_Failed`), given to the walk when it asks for that read."""
         try:
             request = next(walker)
             while True:
                 try:
-                    answer = await self._read_async(request)
+                    if known is not None and request == known[0]:
+                        answer, known = known[1], None
+                        if isinstance(answer, _Failed):
+                            raise answer.error
+                    else:
+                        answer = await self._read_async(request)
                 except Exception as exc:  # handed to the walk, which names key and entry
                     request = walker.throw(exc)
                 else:
@@ -414,10 +434,11 @@ class Reader:
                 return want  # type: ignore[no-any-return]
             try:
                 data = self._read_sync(read)
-            except Exception:
-                data = _WALK
+            except Exception as exc:
+                data = _Failed(exc)
             if _answers(data, want, chain, key):
                 return data  # type: ignore[no-any-return]
+            return self._drive_sync(self._get(key, byte_range), (read, data))  # type: ignore[no-any-return]
         return self._drive_sync(self._get(key, byte_range))  # type: ignore[no-any-return]
 
     def get_many_sync(
@@ -450,12 +471,18 @@ class Reader:
         """:meth:`list_dir`, with blocking I/O."""
         return self._drive_sync(self._list_dir(directory))
 
-    def _drive_sync(self, walker: _Lister[T]) -> T:
+    def _drive_sync(self, walker: _Lister[T], known: tuple[Read, Any] | None = None) -> T:
+        """:meth:`_drive`, with blocking I/O."""
         try:
             request = next(walker)
             while True:
                 try:
-                    answer = self._read_sync(request)
+                    if known is not None and request == known[0]:
+                        answer, known = known[1], None
+                        if isinstance(answer, _Failed):
+                            raise answer.error
+                    else:
+                        answer = self._read_sync(request)
                 except Exception as exc:
                     request = walker.throw(exc)
                 else:
@@ -667,7 +694,7 @@ def _answers(data: Any, want: int | None, chain: Chain, key: str) -> bool:
     where that means absent (not a dangling reference, which the walk reports)."""
     if data is None:
         return not chain.strict(key)
-    return data is not _WALK and (want is None or len(data) == want)
+    return not isinstance(data, _Failed) and (want is None or len(data) == want)
 
 
 def _failed(exc: BaseException) -> bool:
