@@ -46,6 +46,7 @@ __all__ = [
     "MissingBucketError",
     "get_options",
     "missing",
+    "names_object",
     "read_async",
     "read_ranges_async",
     "read_ranges_sync",
@@ -236,8 +237,18 @@ async def read_http_async(source: HTTPSource, path: str, r: Read) -> Any:
         raise LimitExceededError(exc.limit, exc.size) from None
 
 
+def names_object(path: str) -> bool:
+    """Whether ``path`` can name an object: object stores drop a trailing ``/`` (so ``t/a/`` would
+    be the object ``t/a``, and ``t/`` the object ``t``, outside the directory) and have no empty
+    segments; kvmap's local files keep the same rule, so every store answers alike."""
+    return bool(path) and not path.endswith("/") and "//" not in path
+
+
 def read_sync(store: ObjectStore, path: str, r: Read) -> Any:
-    """The answer to ``r`` for the object at ``path`` in ``store``, with blocking calls."""
+    """The answer to ``r`` for the object at ``path`` in ``store``, with blocking calls.
+    A path that names no object (:func:`names_object`) has none: ``None``."""
+    if not names_object(path) and not isinstance(store, HTTPSource):
+        return None
     if isinstance(store, LocalStore):
         return read_local("/" + path, r)
     if isinstance(store, HTTPSource):
@@ -260,6 +271,8 @@ def read_sync(store: ObjectStore, path: str, r: Read) -> Any:
 async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
     """:func:`read_sync`, awaited; a read of at most ``near`` bytes of a local or memory store
     is a blocking call (kvmap.reader says why), and so are its ``head`` and open."""
+    if not names_object(path) and not isinstance(store, HTTPSource):
+        return None
     if isinstance(store, LocalStore):
         return await read_local_async("/" + path, r, near)
     if isinstance(store, HTTPSource):
@@ -291,6 +304,8 @@ async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
 
 def read_ranges_sync(store: ObjectStore, path: str, reads: Sequence[Read]) -> list[Any]:
     """The answers to several window reads of one object, in one coalesced request."""
+    if not names_object(path) and not isinstance(store, HTTPSource):
+        return [None] * len(reads)
     if isinstance(store, LocalStore):
         return read_local_ranges("/" + path, reads)
     if isinstance(store, HTTPSource):
@@ -304,7 +319,7 @@ def read_ranges_sync(store: ObjectStore, path: str, reads: Sequence[Read]) -> li
 async def read_ranges_async(store: ObjectStore, path: str, reads: Sequence[Read], near: int) -> list[Any]:
     """:func:`read_ranges_sync`, awaited (a blocking call for at most ``near`` bytes in all)."""
     starts, ends = [r.start for r in reads], [r.end for r in reads]
-    if near and sum(ends) - sum(starts) <= near:  # type: ignore[arg-type]
+    if (near and sum(ends) - sum(starts) <= near) or not names_object(path):  # type: ignore[arg-type]
         return read_ranges_sync(store, path, reads)
     if isinstance(store, LocalStore):
         return await asyncio.to_thread(read_local_ranges, "/" + path, reads)

@@ -590,6 +590,13 @@ class Chain:
                     key=walk.key,
                     url=where,
                 )
+            if member.size == 0 and member.crc != 0:
+                # An empty window is never fetched, so this is where its CRC-32 (that of b"") is checked.
+                raise TargetError(
+                    f"zip member is damaged: its CRC-32 is 00000000, its directory entry says {member.crc:08x}",
+                    key=walk.key,
+                    url=where,
+                )
             # Its CRC-32 is checked whenever the whole member is read (a range of it cannot be).
             return replace(stored, crc=member.crc)
         raw = yield from self.read_all(stored, walk)

@@ -38,6 +38,10 @@ MAX_INT = 2**53 - 1
 JSON_INT_MIN = -(2**63)
 JSON_INT_MAX = 2**64 - 1
 
+#: The deepest nesting of a ``json`` value: what the serialiser (255 levels) can still
+#: write inside an entry inside a manifest document, with room to spare.
+MAX_JSON_DEPTH = 250
+
 # Canonical member order: when an entry has two selectors or two targets, the
 # error names the later one in this order, so the message is deterministic.
 _SELECTOR_FIELDS = ("key", "prefix", "min", "max")
@@ -197,6 +201,18 @@ def _inexact_number(value: object) -> str | None:
     return None
 
 
+def _depth(value: object) -> int:
+    """How deep lists and dicts nest in ``value`` (a scalar: 0); iterative, so any depth is fine."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _pointer(path: _Path) -> str:
     """`` at /a/0`` for a member inside the value (RFC 6901 escaping), ``""`` for the value itself."""
     parts = []
@@ -233,7 +249,9 @@ class _Validator:
         if type(value) is not int:
             raise self.error(field, f"must be an integer, not {_json_type(value)}")
         if not 0 <= value <= MAX_INT:
-            raise self.error(field, f"must be between 0 and 2**53-1, not {value}")
+            # str() of a very long integer is slow (and refused past 4,300 digits).
+            shown = str(value) if value.bit_length() <= 256 else f"an integer of {value.bit_length()} bits"
+            raise self.error(field, f"must be between 0 and 2**53-1, not {shown}")
         return value
 
     def base64(self, field: str, value: object) -> bytes:
@@ -257,6 +275,11 @@ class _Validator:
             problem = _inexact_number(value)
             if problem is not None:
                 raise self.error(field, problem)
+        # Only a text with that many brackets can nest that deep: the common case costs no walk.
+        if text.count(b"[") + text.count(b"{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+            raise self.error(
+                field, f"nests deeper than {MAX_JSON_DEPTH} levels (a manifest holding it could not be saved)"
+            )
         return text
 
     def selector(self, obj: dict[str, Any]) -> tuple[Selector, KeyRange, int]:

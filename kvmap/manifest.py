@@ -42,6 +42,7 @@ import orjson
 
 from kvmap._gcpause import paused_gc
 from kvmap.entries import MAX_INT, Entry
+from kvmap.entries import MAX_JSON_DEPTH as _JSON_DEPTH
 from kvmap.errors import ManifestError, SaveError
 from kvmap.url import PIPELINE_SEPARATOR, is_absolute
 
@@ -147,8 +148,8 @@ class Manifest:
         entries = _document_entries(document, name or url)
         with paused_gc():
             # Copy the entry objects so that later changes by the caller cannot
-            # make a validated manifest invalid.
-            entries = [dict(e) if type(e) is dict else e for e in entries]
+            # make a validated manifest invalid: a ``json`` value whole (it may nest).
+            entries = [_copied(e) if type(e) is dict else e for e in entries]
             return cls._validated(entries, url, name)
 
     @classmethod
@@ -423,7 +424,7 @@ def _document_entries(document: Any, name: str | None) -> list[Any]:
         raise ManifestError("a manifest must be a JSON object or an array of entries", manifest=name)
     version = document.get("kvmap")
     if type(version) is not int or version != FORMAT_VERSION:
-        found = "missing" if "kvmap" not in document else repr(version)
+        found = "missing" if "kvmap" not in document else _short_repr(version)
         raise ManifestError(
             f"unsupported manifest version {found}: this kvmap reads version {FORMAT_VERSION}",
             manifest=name,
@@ -436,6 +437,36 @@ def _document_entries(document: Any, name: str | None) -> list[Any]:
     if not isinstance(entries, list):
         raise ManifestError("'entries' must be an array of entries", manifest=name, field="entries")
     return entries
+
+
+def _short_repr(value: object) -> str:
+    """``repr(value)`` for an error message, at most 80 characters, whatever the value (a
+    10,000-digit integer or a list nested 1,000 deep has a repr that raises)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _copied(entry: dict[str, Any]) -> dict[str, Any]:
+    copy = dict(entry)
+    value = copy.get("json")
+    if isinstance(value, (list, dict)):
+        copy["json"] = _deep_copy(value)
+    return copy
+
+
+def _deep_copy(value: Any, depth: int = 0) -> Any:
+    """``value``'s lists and dicts copied; deeper than any valid ``json`` value is left as it is
+    (validation then refuses it)."""
+    if depth > _JSON_DEPTH:
+        return value
+    if type(value) is list:
+        return [_deep_copy(v, depth + 1) for v in value]
+    if type(value) is dict:
+        return {k: _deep_copy(v, depth + 1) for k, v in value.items()}
+    return value
 
 
 def parse_json(text: str | bytes, name: str | None) -> Any:

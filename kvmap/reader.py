@@ -562,6 +562,17 @@ class Reader:
             path = os.path.realpath("/" + path)
         return id(store), path
 
+    def _check_name(self, w: Write, path: str) -> None:
+        if not backends.names_object(path):
+            raise WriteError(
+                "cannot write: no object has this name (it ends in '/' or has an empty segment); "
+                "a store would write another object",
+                key=w.key,
+                manifest=w.manifest,
+                entry=w.entry,
+                url=w.url,
+            )
+
     async def write(self, w: Write, data: Any) -> None:
         """Put ``data`` at ``w.url`` (``w.delete``: delete it; a missing object is no error).
         A local file is written by :mod:`kvmap.localfs`: into a temporary file in its directory,
@@ -623,9 +634,11 @@ class Reader:
 
     def _open_for_write(self, w: Write) -> tuple[ObjectStore, str]:
         try:
-            return self.roots.open_for_write(w.url)
+            store, path = self.roots.open_for_write(w.url)
         except Exception as exc:
             raise _write_failed(w, exc) from exc
+        self._check_name(w, path)
+        return store, path
 
     # -- listings ---------------------------------------------------------------------
 
@@ -728,8 +741,11 @@ def _list_local(r: List, base: str, full: str) -> Any:
 
 
 def _listable(path: str) -> bool:
-    """Whether an object path can start with ``path``: object paths have no empty segments."""
-    return all(path[: path.rfind("/")].split("/")) if "/" in path else True
+    """Whether an object path can start with ``path``: object paths have no empty, ``.`` or ``..``
+    segments and no control characters (obstore's rules; a listing of such a prefix is empty)."""
+    if not path.isprintable() and any(c < " " or c == "\x7f" for c in path):
+        return False
+    return all(s not in ("", ".", "..") for s in path[: path.rfind("/")].split("/")) if "/" in path else True
 
 
 def _directory(path: str) -> str | None:
