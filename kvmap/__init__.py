@@ -17,6 +17,7 @@ from kvmap.compose import compose
 from kvmap.entries import Entry
 from kvmap.errors import (
     ChainError,
+    DanglingReferenceError,
     InvalidKeyError,
     KvmapError,
     ManifestError,
@@ -38,6 +39,7 @@ __all__ = [
     "Adapter",
     "ChainError",
     "CompiledMap",
+    "DanglingReferenceError",
     "Entry",
     "Explained",
     "Explanation",

@@ -41,7 +41,14 @@ from typing import Any, Generic, TypeVar
 
 from kvmap.chunkmanifest import chunk_manifest
 from kvmap.compiled import CompiledMap, Resolution, compile
-from kvmap.errors import ChainError, PipelineError, PolicyError, ResolveError, TargetError
+from kvmap.errors import (
+    ChainError,
+    DanglingReferenceError,
+    PipelineError,
+    PolicyError,
+    ResolveError,
+    TargetError,
+)
 from kvmap.manifest import Manifest, parse_json
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
@@ -682,6 +689,10 @@ class Chain:
             if size is None:
                 return None
             length = max(0, size - loc.offset)
+        if length is None and byte_range == (None, 0):
+            # The last 0 bytes: nothing to transfer (servers refuse "bytes=-0" with 416), if it exists.
+            size = yield from self._head(loc, walk)
+            return None if size is None else b""
         if length is None:
             read = _open_ended(loc, byte_range)
         else:
@@ -768,7 +779,7 @@ class Chain:
         """``None`` (absent) — or, where the deciding entry is an exact one naming what is
         missing, a :class:`~kvmap.TargetError` for a dangling reference (spec 11.3)."""
         if walk.strict:
-            raise TargetError(
+            raise DanglingReferenceError(
                 f"dangling reference: the {what} its exact entry names does not exist "
                 "(a whiteout says absent; a prefix redirect reads a missing object as absent)",
                 key=walk.key,

@@ -147,6 +147,7 @@ class CompiledMap:
         "_columns",
         "_index",
         "_inline",
+        "_pipes",
         "_ranges",
         "_shadowed",
         "_sorted_keys",
@@ -174,6 +175,7 @@ class CompiledMap:
     _targets: list[_RangeTarget]
     _winners: list[int]
     _ranges: list[tuple[int, KeyRange]]
+    _pipes: set[str]
     _shadowed: dict[str, list[int]]
     _columns: _PieceColumns | None
     _index: RangeIndex[Resolution] | None  # the compiled range search, when kvmap._speedups is there
@@ -206,6 +208,12 @@ class CompiledMap:
 
         ranges = [(i, e) for i, e in manifest._others if e.selector != "key"]
         self._ranges = [(i, e.range) for i, e in ranges]
+        # Every range entry's pipeline, winning or shadowed: what the manifest may read through.
+        self._pipes = {
+            absolute(e.path).partition(PIPELINE_SEPARATOR)[0]
+            for _, e in ranges
+            if e.path is not None and PIPELINE_SEPARATOR in e.path
+        }
         self._bounds, self._winners, self._targets = _sweep(ranges, absolute)
         self._index = None
         if _RangeIndex is not None:
@@ -543,9 +551,10 @@ class CompiledMap:
 
     def pipeline_roots(self) -> set[str]:
         """The root URLs of every pipeline that an entry's target names (``a.zip`` of
-        ``a.zip|zip:m``): the manifests and archives the map may read through."""
-        named = [*self._urls, *(t[1] for t in self._targets if t is not None)]
-        return {url.partition(PIPELINE_SEPARATOR)[0] for url in named if PIPELINE_SEPARATOR in url}
+        ``a.zip|zip:m``), whether the entry wins anywhere or not: the manifests and archives
+        the map may read through."""
+        exact = {url.partition(PIPELINE_SEPARATOR)[0] for url in self._urls if PIPELINE_SEPARATOR in url}
+        return exact | self._pipes
 
     def _exact_winners(self) -> Iterator[tuple[str, int]]:
         if self._table is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ChainError",
+    "DanglingReferenceError",
     "InvalidKeyError",
     "KvmapError",
     "ManifestError",
@@ -120,6 +121,11 @@ def _rebuild_resolve_error(
 class TargetError(ResolveError):
     """Reading a target failed: permission, network, server error, timeout, or an
     object shorter than its entry's byte window."""
+
+
+class DanglingReferenceError(TargetError):
+    """An exact entry names an object, zip archive, member or nested manifest that does not
+    exist: a manifest error found by reading, never "absent" (a whiteout says that)."""
 
 
 class PolicyError(ResolveError, PermissionError):

@@ -24,14 +24,14 @@ names; any other key refuses the write with a :class:`~kvmap.WriteError`.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MANIFEST_BYTES, ByteRange
-from kvmap.errors import WriteError
+from kvmap.errors import DanglingReferenceError, WriteError
 from kvmap.manifest import Manifest
 from kvmap.reader import (
     DEFAULT_LOCAL_BLOCKING_LIMIT,
@@ -218,13 +218,13 @@ class KVMapStore(Store):
         store reads through, or if the write fails (the old bytes stay as they were).
         """
         self._check_writable()
-        write = self._writable(await self.reader.explain(key))
+        write = self._writable(await _explained(self.reader.explain(key)))
         await self.reader.write(write, value.as_buffer_like())
 
     def set_sync(self, key: str, value: Buffer) -> None:
         """:meth:`set` without an event loop."""
         self._check_writable()
-        self.reader.write_sync(self._writable(self.reader.explain_sync(key)), value.as_buffer_like())
+        self.reader.write_sync(self._writable(_explained_sync(self.reader.explain_sync, key)), value.as_buffer_like())
 
     async def delete(self, key: str) -> None:
         """Delete the object ``key`` redirects to (nothing if there is none).
@@ -234,12 +234,12 @@ class KVMapStore(Store):
         a dangling reference (map the key with a prefix redirect to make it deletable).
         """
         self._check_writable()
-        await self.reader.write(self._writable(await self.reader.explain(key), delete=True), None)
+        await self.reader.write(self._writable(await _explained(self.reader.explain(key)), delete=True), None)
 
     def delete_sync(self, key: str) -> None:
         """:meth:`delete` without an event loop."""
         self._check_writable()
-        self.reader.write_sync(self._writable(self.reader.explain_sync(key), delete=True), None)
+        self.reader.write_sync(self._writable(_explained_sync(self.reader.explain_sync, key), delete=True), None)
 
     async def delete_dir(self, prefix: str) -> None:
         """Delete every key below ``prefix`` (``""``: all, as :meth:`clear` does), except the
@@ -289,6 +289,26 @@ class KVMapStore(Store):
                 **where,
             )
         return Write(key, hop.manifest if hop else None, hop.entry if hop else None, loc.url, delete, loc.inside)
+
+
+async def _explained(walk: Awaitable[Explained]) -> Explained:
+    """The walk of a key to write: a dangling reference on the way (a nested manifest or zip
+    archive its exact entry names is missing) refuses the write, as spec 12.2 says."""
+    try:
+        return await walk
+    except DanglingReferenceError as exc:
+        raise _refused(exc) from exc
+
+
+def _explained_sync(explain: Callable[[str], Explained], key: str) -> Explained:
+    try:
+        return explain(key)
+    except DanglingReferenceError as exc:
+        raise _refused(exc) from exc
+
+
+def _refused(exc: DanglingReferenceError) -> WriteError:
+    return WriteError(f"cannot write: {exc.reason}", key=exc.key, manifest=exc.manifest, entry=exc.entry, url=exc.url)
 
 
 def _byte_range(request: ByteRequest | None) -> ByteRange | None:
