@@ -196,7 +196,7 @@ def _inexact_number(value: object) -> str | None:
         elif isinstance(item, dict | list | tuple) and id(item) not in seen:
             seen.add(id(item))
             members = item.items() if isinstance(item, dict) else enumerate(item)
-            children = [(v, (path, str(k))) for k, v in members]
+            children = [(v, (path, _member_name(k))) for k, v in members]
             stack.extend(reversed(children))
     return None
 
@@ -211,6 +211,19 @@ def _depth(value: object) -> int:
             deepest = max(deepest, depth + 1)
             stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
     return deepest
+
+
+def _member_name(name: object) -> str:
+    """A member name or index as text for a JSON Pointer in an error message: whatever it is (a
+    dict key may be a 10,000-digit integer, whose str() Python refuses)."""
+    if isinstance(name, str):
+        return name
+    if isinstance(name, int) and name.bit_length() > 256:
+        return f"<integer of {name.bit_length()} bits>"
+    try:
+        return str(name)
+    except (ValueError, RecursionError):
+        return f"<{type(name).__name__}>"
 
 
 def _pointer(path: _Path) -> str:

@@ -1,5 +1,5 @@
 """The fuzz targets run on their seed corpora (so they never rot), and the kvmap bugs the fuzzers
-found are pinned by regression tests (xfail until fixed; see fuzz/README.md).
+found are pinned by regression tests (see fuzz/README.md, Findings).
 
 Atheris is not needed: each target's ``check`` is a plain function, and where atheris is
 missing the targets build their values with ``fuzz._fdp``, which turns bytes into the same
@@ -51,10 +51,10 @@ def _seeds(target: str) -> list[Path]:
 
 
 @pytest.fixture
-def known_bugs_tolerated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The corpus test is about the targets, not the known bugs (which have their own xfail tests
-    below): the checks tolerate exactly those, as they do in fuzz/run.py's runs."""
-    monkeypatch.setattr(_harness, "SKIP_KNOWN", True)
+def strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks as strict as they are: no known bug tolerated (fuzz/run.py tolerates the open
+    ones, each of which has an xfail test here; none is open at the moment)."""
+    monkeypatch.setattr(_harness, "SKIP_KNOWN", False)
 
 
 def test_the_targets_are_these() -> None:
@@ -69,7 +69,7 @@ def test_every_target_has_a_small_seed_corpus(target: str) -> None:
     assert max(p.stat().st_size for p in seeds) <= 16 << 10
 
 
-@pytest.mark.usefixtures("known_bugs_tolerated")
+@pytest.mark.usefixtures("strict")
 @pytest.mark.parametrize("target", TARGETS)
 def test_target_on_its_seed_corpus(target: str) -> None:
     check = _check(target)
@@ -82,7 +82,7 @@ def test_target_on_its_seed_corpus(target: str) -> None:
     assert not failed, "\n".join(failed)
 
 
-@pytest.mark.usefixtures("known_bugs_tolerated")
+@pytest.mark.usefixtures("strict")
 def test_manifest_target_on_every_vector_and_on_garbage() -> None:
     for doc in VECTOR_DOCS:
         check_manifest(doc)
@@ -160,63 +160,69 @@ def test_run_py_plain_loop(tmp_path: Path) -> None:
     assert "pipeline  plain-random" in out.stdout
 
 
-# -- regressions: kvmap bugs the fuzzers found (strict xfail: fix kvmap, then drop the mark) ---
+# -- regressions: the kvmap bugs the fuzzers found (fixed in 839f16a; inputs: corpus regress-*) --
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="Manifest.dumps wraps each entry in a list and an object: a json value nested 254 deep, "
-    "which validates (orjson serialises it alone), passes orjson's 255-level limit there "
-    "('Recursion limit reached')",
-)
-def test_a_manifest_that_loads_saves_deep_json() -> None:
-    text = '[{"key": "a", "json": ' + "[" * 254 + "]" * 254 + "}]"
-    manifest = kvmap.Manifest.loads(text, url="s3://b/m.json")  # valid: loads and compiles
-    assert kvmap.compile(manifest).resolve("a") is not None
+@pytest.mark.parametrize("depth", [249, 250, 251, 254, 255])
+def test_a_manifest_that_loads_saves_deep_json(depth: int) -> None:
+    """Was: a json value nested 254 deep validated, but dumps() nests it two levels deeper, past
+    orjson's 255 levels ("Recursion limit reached"): a manifest that loaded could not be saved."""
+    text = '[{"key": "a", "json": ' + "[" * depth + "]" * depth + "}]"
+    try:
+        manifest = kvmap.Manifest.loads(text, url="s3://b/m.json")
+    except kvmap.ManifestError:
+        assert depth > 250  # kvmap keeps json values of at most 250 levels
+        return
     assert kvmap.Manifest.loads(manifest.dumps(), url="s3://b/m.json") == manifest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Manifest.from_json copies the entry objects but not the json values inside them: the "
-    "caller's later changes reach the validated manifest (dumps fails or writes NaN as null, "
-    "entries raise ManifestError, the compiled map still has the old value)",
-)
 def test_from_json_is_not_changed_by_the_callers_later_changes() -> None:
+    """Was: from_json copied the entry objects but not the json values in them, so the caller's
+    later changes reached the manifest (dumps raised TypeError, entries raised ManifestError)."""
     document = [{"key": "a", "json": [1, {"b": 2}]}]
     manifest = kvmap.Manifest.from_json(document, url="s3://b/m.json")
     before = manifest.dumps()
     document[0]["json"].append(2**70)  # type: ignore[attr-defined]
+    document[0]["json"][1]["c"] = float("nan")  # type: ignore[index]
     assert manifest.dumps() == before
+    assert [e.to_json() for e in manifest.entries] == [{"key": "a", "json": [1, {"b": 2}]}]
 
 
-# The regress-* inputs of open bugs: each fails its target's check until kvmap is fixed.
-BUG_INPUTS = [
-    ("manifest", "regress-dumps-deep-json.json"),
-    ("manifest_objects", "regress-dumps-deep-json.json"),
-    ("manifest_objects", "regress-from-json-shares-nested-values.json"),
-    ("store", "regress-trailing-slash.json"),
-    ("store", "regress-trailing-slash-empty-key.json"),
-    ("store", "regress-listing-unstorable-prefix.json"),
-    ("zip", "regress-empty-stored-member-bad-crc.zip"),
-]
+HUGE = 10**5000  # more digits than Python writes out (sys.get_int_max_str_digits(): 4,300)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="an open kvmap bug: fuzz/README.md, Findings")
-@pytest.mark.parametrize(("target", "name"), BUG_INPUTS)
-def test_each_regression_input_finds_its_bug(target: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_harness, "SKIP_KNOWN", False)
-    _check(target)((CORPUS / target / name).read_bytes())
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="an empty stored zip member is never fetched (a read of 0 bytes only asks the archive's "
-    "size), so the CRC-32 its directory entry gives is never checked: it reads as b'' where a "
-    "deflated one, and zipfile, report the damage (spec 11.7: a member read whole has its CRC checked)",
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"kvmap": HUGE, "entries": []},
+        [{"key": "a", "path": "s3://b/x", "offset": HUGE}],
+        [{"key": "a", "path": "s3://b/x", "length": -HUGE}],
+        [{"prefix": "ab", "path": "s3://b/", "strip_prefix": HUGE}],
+    ],
+    ids=["kvmap", "offset", "length", "strip_prefix"],
 )
+def test_a_huge_integer_is_a_manifest_error(document: Any) -> None:
+    """Was: the error message wrote the integer out (f"... not {value}", repr(version)), which
+    Python refuses past 4,300 digits: a plain ValueError escaped instead of ManifestError."""
+    with pytest.raises(kvmap.ManifestError):
+        kvmap.Manifest.from_json(document)
+
+
+@pytest.mark.parametrize("source", ["text", "objects"])
+def test_a_deeply_nested_version_is_a_manifest_error(source: str) -> None:
+    """Was: the error for a "kvmap" member that is not 1 held repr() of it, and for a value nested
+    1,000 deep (which msgspec parses from text) repr raised RecursionError."""
+    nested: Any = []
+    for _ in range(1000):
+        nested = [nested]
+    text = '{"kvmap": ' + "[" * 1000 + "]" * 1000 + ', "entries": []}'
+    with pytest.raises(kvmap.ManifestError):
+        kvmap.Manifest.loads(text) if source == "text" else kvmap.Manifest.from_json({"kvmap": nested, "entries": []})
+
+
 def test_an_empty_stored_member_with_a_bad_crc_is_damage() -> None:
+    """Was: an empty stored zip member was never fetched (a read of 0 bytes only asks the archive's
+    size), so its directory CRC-32 was never checked: it read as b"" (spec 11.7)."""
     data = (CORPUS / "zip" / "regress-empty-stored-member-bad-crc.zip").read_bytes()  # CRC 12345678, no bytes
     obstore.put(kvmap.memory_store("kvmap-regress-crc"), "a.zip", data)
     manifest = kvmap.Manifest.from_json([{"prefix": "", "path": "a.zip|zip:"}], url="memory://kvmap-regress-crc/m.json")
@@ -231,23 +237,21 @@ def _memory_store_over(name: str) -> kvmap.KVMapStore:
     return kvmap.KVMapStore(manifest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="memory:// (obstore) object paths drop a trailing '/': keys 'a' and 'a/' are one object, "
-    "and the key '' of a prefix redirect onto t/ is the object 't' itself, outside t/",
-)
-def test_a_key_ending_in_a_slash_is_its_own_object() -> None:
+def test_a_key_ending_in_a_slash_is_not_another_keys_object() -> None:
+    """Was: obstore drops a trailing '/' from an object path, so the keys 'a' and 'a/' were one
+    object: writing 'a/' overwrote 'a'."""
     store = _memory_store_over("kvmap-regress-slash")
     store.set_sync("a", cpu.Buffer.from_bytes(b"A"))
-    with contextlib.suppress(kvmap.KvmapError):  # refusing the key would do too
+    with contextlib.suppress(kvmap.KvmapError):  # refusing the key is what kvmap does now
         store.set_sync("a/", cpu.Buffer.from_bytes(b"A/"))
     got = store.get_sync("a")
     assert got is not None
     assert got.to_bytes() == b"A"
+    assert store.get_sync("a/") is None
 
 
-@pytest.mark.xfail(strict=True, reason="as above: the empty remainder writes the redirect's directory object")
 def test_the_empty_key_writes_nothing_outside_the_redirect() -> None:
+    """Was: the key '' of a prefix redirect onto t/ wrote the object 't' itself, outside t/."""
     store = _memory_store_over("kvmap-regress-empty")
     with contextlib.suppress(kvmap.KvmapError):
         store.set_sync("", cpu.Buffer.from_bytes(b"x"))
@@ -255,17 +259,17 @@ def test_the_empty_key_writes_nothing_outside_the_redirect() -> None:
     assert all(p.startswith("t/") for p in paths), paths
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=kvmap.TargetError,
-    reason="a listing prefix that no object path can start with (a '.' or '..' segment, a control "
-    "character) makes obstore refuse the listed path: TargetError instead of no keys (spec 12.1)",
-)
 @pytest.mark.parametrize("prefix", ["a/../", "../", "a/./b", "x\t/", "\x7f"])
 def test_listing_a_prefix_no_object_can_have_lists_nothing(prefix: str) -> None:
+    """Was: a prefix that no object path can start with ('.' or '..' segment, a control character)
+    made obstore refuse the listed path: TargetError instead of no keys (spec 12.1)."""
     store = _memory_store_over("kvmap-regress-list")
 
     async def children() -> list[str]:
         return [k async for k in store.list_dir(prefix)]
 
+    async def keys() -> list[str]:
+        return [k async for k in store.list_prefix(prefix)]
+
     assert asyncio.run(children()) == []
+    assert asyncio.run(keys()) == []

@@ -219,3 +219,10 @@ def test_text_and_objects_agree_on_any_integer(value: Any) -> None:
     assert outcomes[0] == outcomes[1]
     if outcomes[0][0] == "ok":
         assert _same(json.loads(outcomes[0][1]), value)
+
+
+def test_a_huge_integer_member_name_is_a_manifest_error() -> None:
+    # Found by fuzz/fuzz_resolve.py: the error's JSON Pointer wrote the dict key out with str(),
+    # which Python refuses past 4,300 digits (a raw ValueError escaped).
+    with pytest.raises(kvmap.ManifestError, match="field 'json'"):
+        kvmap.Manifest.from_json([{"key": "a", "json": {10**5000: 1}}])
