@@ -32,8 +32,8 @@ _INSTRUMENTED = ("kvmap", "tests.reference", "tests.strategies", "fuzz")
 def known_bug(name: str) -> bool:
     """Whether the check should tolerate the known bug ``name``: a check that meets a bug which has
     an xfail regression test asks ``if known_bug("name"): return`` first, so that fuzz runs get
-    past it (``fuzz/run.py`` sets ``KVMAP_FUZZ_SKIP_KNOWN=1``). None is open at the moment: the
-    bugs found so far are fixed, and their checks are strict again (``fuzz/README.md``)."""
+    past it (``fuzz/run.py`` sets ``KVMAP_FUZZ_SKIP_KNOWN=1``). The open ones are listed in
+    ``fuzz/README.md`` (Findings); the checks of fixed bugs are strict again."""
     return SKIP_KNOWN
 
 

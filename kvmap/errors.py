@@ -55,12 +55,22 @@ class ManifestError(KvmapError, ValueError):
         if self.entry is not None:
             where.append(f"entry {self.entry}")
         if self.field is not None:
-            where.append(f"field {self.field!r}")
+            where.append(f"field {_shown(self.field)}")
         return f"{': '.join(where)}: {self.reason}"
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only constructor arguments need an explicit reduce to pickle.
         return (_rebuild_manifest_error, (self.reason, self.manifest, self.entry, self.field))
+
+
+def _shown(name: object) -> str:
+    """``repr(name)`` of a member name, at most 80 characters, whatever it is (a document from
+    Python may name a member with a 10,000-digit integer, whose repr raises)."""
+    try:
+        text = repr(name)
+    except (ValueError, RecursionError):
+        return f"<a {type(name).__name__} too large to show>"
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _rebuild_manifest_error(reason: str, manifest: str | None, entry: int | None, field: str | None) -> ManifestError:
