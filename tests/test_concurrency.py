@@ -202,7 +202,9 @@ def test_a_policy_decision_is_made_once_under_concurrent_first_use(tmp_path: Pat
         t.start()
     for t in threads:
         t.join()
-    assert counting.calls == alone.calls
+    # One full decision; a thread that waited for it may still ask for its file's own real path
+    # (one lstat: the sibling rule), never for a decision of its own (3 calls each here).
+    assert alone.calls <= counting.calls <= alone.calls + 7
 
 
 # -- batches respect a concurrency limit -----------------------------------------------------------
