@@ -29,6 +29,7 @@ from zarr.core.buffer import cpu
 import kvmap
 from kvmap.store import KVMapStore
 from tests.servers import FaultHTTPServer, RangeHTTPServer, S3Server, redirect_path
+from tests.test_store import _s3
 
 NO_RETRIES = {"max_retries": 0}
 
@@ -100,17 +101,6 @@ def test_a_failed_local_write_is_a_write_error_and_keeps_the_old_bytes(tmp_path:
     assert info.value.url is not None
     assert info.value.url.endswith("d/file/below")
     assert (tmp_path / "d" / "file").read_bytes() == b"old"
-
-
-def _s3(s3_server: S3Server) -> tuple[str, dict[str, Any]]:
-    root = s3_server.endpoint.replace("http://", "s3+http://") + "/"
-    options = {
-        "access_key_id": S3Server.ACCESS_KEY_ID,
-        "secret_access_key": S3Server.SECRET_ACCESS_KEY,
-        "region": S3Server.REGION,
-        "retry_config": NO_RETRIES,
-    }
-    return root, {root: options}
 
 
 def test_a_missing_bucket_is_an_error_not_absence(s3_server: S3Server) -> None:
