@@ -145,8 +145,12 @@ def _environment_proxy(client: _Client, scheme: str) -> _Client:
         return client
     if "://" not in url:
         url = f"http://{url}"  # reqwest reads a bare host:port as an HTTP proxy
-    excludes = tuple(part.strip().lower() for part in env.get("no_proxy", "").split(",") if part.strip())
-    return dataclasses.replace(client, proxy_url=url, proxy_excludes=excludes)
+    return dataclasses.replace(client, proxy_url=url, proxy_excludes=_excludes(env.get("no_proxy", "")))
+
+
+def _excludes(text: str) -> tuple[str, ...]:
+    """A ``NO_PROXY``-style comma-separated list (``proxy_excludes``), as lower-case entries."""
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
 class HTTPReadError(Exception):
@@ -577,7 +581,7 @@ def _parse_client(options: Mapping[str, Any] | None) -> _Client:
         root_certificate=_pem(root, "root_certificate") if root is not None else None,
         proxy_url=proxy_url,
         proxy_ca_certificate=_pem(proxy_ca, "proxy_ca_certificate") if proxy_ca is not None else None,
-        proxy_excludes=tuple(part.strip().lower() for part in excludes.split(",") if part.strip()),
+        proxy_excludes=_excludes(excludes),
         pool_size=max(1, _count(values.get("pool_max_idle_per_host", _DEFAULT_POOL_SIZE), "pool_max_idle_per_host")),
     )
 
