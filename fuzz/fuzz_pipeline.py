@@ -31,7 +31,8 @@ import kvmap
 from fuzz import _gen
 from fuzz._fdp import provider
 from fuzz._harness import has_surrogate, main
-from kvmap.pipeline import ADAPTER_KINDS, Adapter, Pipeline
+from kvmap.formats import ADAPTERS, ZIP, adapter_kind
+from kvmap.pipeline import Adapter, Pipeline
 from kvmap.url import (
     REMAINDER_SAFE,
     decode_remainder,
@@ -126,7 +127,7 @@ def decode(data: bytes) -> tuple[list[str], Pipeline | None]:
     root = "".join(_piece(fdp) for _ in range(fdp.ConsumeIntInRange(1, 4))).replace("|", "") or "r"
     adapters = []
     for _ in range(fdp.ConsumeIntInRange(0, 3)):
-        name = fdp.PickValueInList([*ADAPTER_KINDS, "x", "a+b", "Zip", "a_b-c.d"])
+        name = fdp.PickValueInList([*ADAPTERS, ZIP, "x", "a+b", "Zip", "a_b-c.d"])
         adapters.append(Adapter(name, _gen.text(fdp)))
     return texts, Pipeline(root, tuple(adapters))
 
@@ -147,11 +148,11 @@ def _check_pipeline(text: str) -> None:
         assert _NAME.match(a.name), (text, a)
         assert step.partition(":")[0] == a.name, (text, a)
         try:
-            kind = a.kind
+            kind = adapter_kind(a.name)
         except kvmap.PipelineError:
-            assert a.name not in ADAPTER_KINDS, a
+            assert a.name not in ADAPTERS and a.name != ZIP, a
         else:
-            assert kind == ADAPTER_KINDS[a.name], a
+            assert kind == ("zip" if a.name == ZIP else "manifest"), a
     _round_trip(p)
 
 

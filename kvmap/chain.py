@@ -39,7 +39,6 @@ from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
-from kvmap.chunkmanifest import chunk_manifest
 from kvmap.compiled import CompiledMap, Resolution, compile
 from kvmap.errors import (
     ChainError,
@@ -49,10 +48,11 @@ from kvmap.errors import (
     ResolveError,
     TargetError,
 )
-from kvmap.manifest import Manifest, parse_json
+from kvmap.formats import Fetch, Format, adapter_kind, for_adapter
+from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
-from kvmap.policy import Policy
-from kvmap.url import PIPELINE_SEPARATOR, split_name
+from kvmap.policy import Policy, allow_prefixes
+from kvmap.url import PIPELINE_SEPARATOR, encode_remainder, split_name
 from kvmap.zipindex import TAIL_SIZE, ZipFormatError, ZipIndex, check_crc, inflate, local_header_size
 
 __all__ = [
@@ -385,7 +385,7 @@ class Chain:
                 last = i == len(pipe.adapters) - 1
                 path = adapter.path + frame.suffix if last else adapter.path
                 walk.strict = frame.strict
-                if adapter.kind == "zip":
+                if adapter_kind(adapter.name) == "zip":
                     loc = yield from self._zip_member(loc, path, walk)
                     if loc is None:
                         return None
@@ -485,7 +485,10 @@ class Chain:
                 if sibling is not None and sibling[0](name):
                     inside = sibling[1]
                 else:
-                    inside = self.policy.check(url, manifest=manifest, entry=entry, key=key)
+                    try:
+                        inside = self.policy.check(url, manifest=manifest, entry=entry, key=key)
+                    except PolicyError as exc:
+                        raise self._refused(exc, manifest) from None
                     if sibling is None:
                         same = self.policy.siblings(url)
                         if same is not None:
@@ -493,39 +496,87 @@ class Chain:
         self._decisions.put(decided, inside or "")
         return inside
 
+    def _refused(self, exc: PolicyError, manifest: str) -> PolicyError:
+        """``exc``, saying too which allow prefixes every target of ``manifest`` needs (so that
+        allowing the one that failed is not the first of many errors)."""
+        cms = [cm for (doc, _, _), cm in list(self._maps._items.items()) if doc == manifest]
+        if self.top is not None and self.top[1] == manifest:
+            cms.append(self.top[0])
+        needed = sorted({p for cm in cms for p in allow_prefixes(cm.target_roots(), manifest)})
+        if not needed or len(needed) > 8:
+            return exc
+        flags = " ".join(f"--allow {p}" for p in needed)
+        reason = f"{exc.reason}; everything this manifest names outside its origin is under {flags}"
+        return PolicyError(reason, key=exc.key, manifest=exc.manifest, entry=exc.entry, url=exc.url)
+
     # -- manifests --------------------------------------------------------------------
 
     def manifest(
         self, loc: Location, doc: str, adapter: str, walk: Walk, *, required: bool
     ) -> Generator[Read, Any, CompiledMap | None]:
-        """The manifest at ``loc`` (document URL ``doc``), read as ``adapter`` says, compiled
-        and cached. ``None`` if it does not exist, unless ``required``."""
-        kind = "kvmap" if adapter == "kvmap" else "chunk"
+        """The manifest at ``loc`` (document URL ``doc``), read in the format the pipeline
+        adapter ``adapter`` names (:mod:`kvmap.formats`), compiled and cached. ``None`` if
+        it does not exist, unless ``required``."""
+        fmt = for_adapter(adapter)
         # The document URL is part of the identity: equal bytes found at two places (inflated
         # zip members) resolve their relative paths differently.
-        ident = (doc, loc, kind)
+        ident = (doc, loc, fmt.name)
         cached = self._maps.get(ident)
         if cached is not None:
             return cached
-        text = yield from self.read_all(loc, walk, limit=self.max_manifest_bytes)
-        if text is None:
-            if walk.strict:
-                self._absent(walk, doc, "manifest")
-            if required:
-                raise TargetError("manifest not found", key=walk.key, url=doc)
+        manifest = yield from self.load(loc, doc, fmt, walk, required=required)
+        if manifest is None:
             return None
         cached = self._maps.get(ident)  # another walk of a batch may have compiled it meanwhile
         if cached is not None:
             return cached
-        if kind == "kvmap":
-            manifest = Manifest.loads(bytes(text), url=doc, name=doc)
-        else:
-            # Integers kept exact, as a kvmap document's are (orjson would read 2**64 as a float).
-            document = parse_json(bytes(text), doc)
-            manifest = chunk_manifest(document, url=doc)
         cm = compile(manifest)
         self._maps.put(ident, cm)
         return cm
+
+    def load(
+        self, loc: Location, doc: str, fmt: Format, walk: Walk, *, required: bool
+    ) -> Generator[Read, Any, Manifest | None]:
+        """The manifest at ``loc`` (document URL ``doc``) read by ``fmt``'s loader, every read
+        it asks for made through this chain (not cached). ``None`` if it does not exist,
+        unless ``required``."""
+        if fmt.loader is None:
+            raise PipelineError(f"{doc}: kvmap does not read {fmt.description} through pipelines")
+        loading = fmt.loader(doc)
+        try:
+            request = next(loading)
+            while True:
+                data = yield from self._fetched(loc, request, walk)
+                request = loading.send(data)
+        except StopIteration as stop:
+            manifest: Manifest | None = stop.value
+        if manifest is None:
+            if walk.strict:
+                self._absent(walk, doc, "manifest")
+            if required:
+                raise TargetError("manifest not found", key=walk.key, url=doc)
+        return manifest
+
+    def _fetched(self, loc: Location, fetch: Fetch, walk: Walk) -> Generator[Read, Any, bytes | None]:
+        """What a format loader asked for (:class:`~kvmap.formats.Fetch`) of the document at
+        ``loc``: the document or an object below it (a directory document), whole or a range,
+        read as manifests are (bounded, shared); ``None`` if it does not exist."""
+        where = loc
+        if fetch.name:
+            if loc.url is None or loc.data is not None or loc.offset or loc.length is not None:
+                return None  # a document inside an archive, or inline, has nothing below it
+            if not _plain_relative(fetch.name):
+                raise TargetError(f"a manifest format asked for {fetch.name!r} below it", key=walk.key, url=loc.url)
+            where = Location(f"{loc.url.rstrip('/')}/{encode_remainder(fetch.name)}", inside=loc.inside)
+        strict, walk.strict = walk.strict, False
+        try:
+            if fetch.byte_range is None:
+                data = yield from self.read_all(where, walk, limit=self.max_manifest_bytes)
+            else:
+                data = yield from self.read(where, fetch.byte_range, walk, limit=self.max_manifest_bytes)
+        finally:
+            walk.strict = strict
+        return None if data is None else bytes(data)
 
     def documents(self) -> set[str]:
         """The root URLs of the manifests and zip archives this chain has read, and of every
@@ -815,6 +866,12 @@ class Chain:
             ) from None
         except Exception as exc:  # obstore's errors, and a URL the roots cannot open
             raise TargetError(describe(exc), key=walk.key, **_origin_of(walk), url=read.url) from exc
+
+
+def _plain_relative(name: str) -> bool:
+    """Whether ``name`` is a relative path of plain segments (no empty, ``.`` or ``..`` one,
+    no control character): what a loader may name below its document."""
+    return all(seg not in ("", ".", "..") for seg in name.split("/")) and name.isprintable()
 
 
 def _too_large(limit: int, size: int | None, walk: Walk, url: str | None) -> TargetError:

@@ -1,4 +1,8 @@
-"""The ``kvmap`` command line: resolve, explain, validate and cat.
+"""The ``kvmap`` command line: resolve, explain, validate, cat and convert.
+
+Every command names its manifest the same way (:func:`kvmap.places.place_url`): a relative
+or absolute path, ``~/...``, a ``file://`` or any other URL, or a URL pipeline
+(``refs.json|kerchunk:``), and takes ``--allow``/``--allow-all`` for what manifests may reach.
 
 Exit status: 0 on success, 1 when the input is bad (an invalid manifest, a file
 that cannot be read, a key that cannot be resolved), 2 for a usage error. Errors
@@ -13,21 +17,28 @@ import base64
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from kvmap.chain import ByteRange, Location
 from kvmap.compiled import CompiledMap, Resolution, compile
 from kvmap.entries import Entry
 from kvmap.errors import KvmapError
+from kvmap.formats import ADAPTERS, FORMATS
 from kvmap.manifest import Manifest
+from kvmap.pipeline import Pipeline
+from kvmap.places import place_url
 from kvmap.reader import Reader
-from kvmap.url import is_absolute
 
 __all__ = ["main"]
 
 
-def _load(path: str) -> tuple[Manifest, CompiledMap]:
-    manifest = Manifest.load(path)
-    return manifest, compile(manifest)
+def _load(args: argparse.Namespace) -> tuple[Manifest, CompiledMap, str]:
+    """The target's own manifest, compiled, and the key prefix its pipeline gives."""
+    manifest = _reader(args).manifest_sync()
+    pipe = Pipeline.parse(place_url(args.manifest))
+    last = pipe.adapters[-1] if pipe.adapters else None
+    prefix = last.path if last is not None and last.name in ADAPTERS else ""
+    return manifest, compile(manifest), prefix
 
 
 def _describe_target(r: Resolution) -> str:
@@ -72,8 +83,9 @@ def _resolution_json(key: str, r: Resolution | None) -> dict[str, object]:
 
 
 def _cmd_resolve(args: argparse.Namespace) -> int:
-    _, cm = _load(args.manifest)
-    for key, r in zip(args.keys, cm.resolve_many(args.keys), strict=True):
+    _, cm, prefix = _load(args)
+    found = cm.resolve_many([prefix + k for k in args.keys])
+    for key, r in zip(args.keys, found, strict=True):
         if args.json:
             print(json.dumps(_resolution_json(key, r), ensure_ascii=False))
         elif r is None:
@@ -84,15 +96,14 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    if not is_absolute(args.manifest):
-        manifest, cm = _load(args.manifest)
-        ex = cm.explain(args.key)
-        print(f"key {args.key!r} in {args.manifest}")
-        if not ex.entries:
-            print("  no entry covers it")
-        for rank, index in enumerate(ex.entries):
-            note = "wins" if rank == 0 else "shadowed"
-            print(f"  entry {index:<6} {note:<8} {_describe_entry(manifest.entries[index])}")
+    manifest, cm, prefix = _load(args)
+    ex = cm.explain(prefix + args.key)
+    print(f"key {args.key!r} in {args.manifest}")
+    if not ex.entries:
+        print("  no entry covers it")
+    for rank, index in enumerate(ex.entries):
+        note = "wins" if rank == 0 else "shadowed"
+        print(f"  entry {index:<6} {note:<8} {_describe_entry(manifest.entries[index])}")
     walked = _reader(args).explain_sync(args.key)
     print("chain:")
     for step, hop in enumerate(walked.hops, 1):
@@ -158,33 +169,102 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    manifest, cm = _load(args.manifest)
+    manifest, cm, _ = _load(args)
     print(f"{args.manifest}: valid, {len(manifest)} entries; {cm!r}")
     return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from kvmap.convert import convert
+
+    progress = _Progress() if sys.stderr.isatty() else None
+    try:
+        done = convert(
+            args.manifest,
+            args.output,
+            source_format=args.source_format,
+            target_format=args.target_format,
+            materialize=args.materialize,
+            allow=args.allow,
+            allow_all=args.allow_all,
+            target=args.target,
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    print(f"{args.output}: {done.entries} entries, {done.source_format} -> {done.target_format}")
+    if done.allow:
+        flags = " ".join(f"--allow {p}" for p in done.allow)
+        print(f"it names targets outside its own origin; read it with {flags}")
+    return 0
+
+
+class _Progress:
+    """A progress bar on standard error (a terminal only), shown once following references
+    takes more than a moment."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if total < 1000:
+                return
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("following references", total=total)
+        self._bar.update(self._task, completed=done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+_TARGET_HELP = "manifest: a path, URL or URL pipeline (refs.json|kerchunk:)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvmap", description="Resolve keys through kvmap manifests.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("resolve", help="print where each key's value is")
-    p.add_argument("manifest", help="manifest file")
+    p.add_argument("manifest", metavar="TARGET", help=_TARGET_HELP)
     p.add_argument("keys", nargs="+", metavar="KEY")
     p.add_argument("--json", action="store_true", help="one JSON object per key (JSON Lines)")
+    _add_policy(p)
     p.set_defaults(run=_cmd_resolve)
     p = sub.add_parser("explain", help="show the entries covering a key and its whole chain of manifests")
-    p.add_argument("manifest", help="manifest file, URL or pipeline")
+    p.add_argument("manifest", metavar="TARGET", help=_TARGET_HELP)
     p.add_argument("key")
     _add_policy(p)
     p.set_defaults(run=_cmd_explain)
     p = sub.add_parser("cat", help="write a key's bytes to standard output")
-    p.add_argument("manifest", metavar="TARGET", help="manifest file, URL or pipeline")
+    p.add_argument("manifest", metavar="TARGET", help=_TARGET_HELP)
     p.add_argument("key")
     p.add_argument("--range", type=_byte_range, metavar="START-END", help="bytes START to END (exclusive), START-, -N")
     _add_policy(p)
     p.set_defaults(run=_cmd_cat)
     p = sub.add_parser("validate", help="check a manifest against the specification")
-    p.add_argument("manifest", help="manifest file")
+    p.add_argument("manifest", metavar="TARGET", help=_TARGET_HELP)
+    _add_policy(p)
     p.set_defaults(run=_cmd_validate)
+    names = ", ".join(sorted(FORMATS))
+    p = sub.add_parser("convert", help="convert a manifest between formats (kvmap, kerchunk, kvstack, Icechunk...)")
+    p.add_argument("manifest", metavar="IN", help="input: a path, URL or pipeline (format detected unless --from)")
+    p.add_argument("output", metavar="OUT", help="output: a path or URL (format from --to, else its name)")
+    p.add_argument("--from", dest="source_format", choices=sorted(FORMATS), metavar="FORMAT", help=f"one of {names}")
+    p.add_argument("--to", dest="target_format", choices=sorted(FORMATS), metavar="FORMAT", help=f"one of {names}")
+    p.add_argument(
+        "--materialize",
+        action="store_true",
+        help="list what prefix and range entries reach and write one reference per key",
+    )
+    p.add_argument("--target", metavar="URL", help="the URL of kerchunk references whose url is null")
+    _add_policy(p)
+    p.set_defaults(run=_cmd_convert)
     return parser
 
 

@@ -147,7 +147,7 @@ class CompiledMap:
         "_columns",
         "_index",
         "_inline",
-        "_pipes",
+        "_range_urls",
         "_ranges",
         "_shadowed",
         "_sorted_keys",
@@ -175,7 +175,7 @@ class CompiledMap:
     _targets: list[_RangeTarget]
     _winners: list[int]
     _ranges: list[tuple[int, KeyRange]]
-    _pipes: set[str]
+    _range_urls: set[str]
     _shadowed: dict[str, list[int]]
     _columns: _PieceColumns | None
     _index: RangeIndex[Resolution] | None  # the compiled range search, when kvmap._speedups is there
@@ -206,14 +206,11 @@ class CompiledMap:
                 url = resolved[path] = resolve_target(base, path)
             return url
 
-        ranges = [(i, e) for i, e in manifest._others if e.selector != "key"]
+        cols, entries = manifest.split()
+        ranges = [(i, e) for i, e in entries if e.selector != "key"]
         self._ranges = [(i, e.range) for i, e in ranges]
-        # Every range entry's pipeline, winning or shadowed: what the manifest may read through.
-        self._pipes = {
-            absolute(e.path).partition(PIPELINE_SEPARATOR)[0]
-            for _, e in ranges
-            if e.path is not None and PIPELINE_SEPARATOR in e.path
-        }
+        # Every range entry's target, winning or shadowed: what the manifest may read through.
+        self._range_urls = {absolute(e.path) for _, e in ranges if e.path is not None}
         self._bounds, self._winners, self._targets = _sweep(ranges, absolute)
         self._index = None
         if _RangeIndex is not None:
@@ -228,8 +225,8 @@ class CompiledMap:
         return self
 
     def _build_table(self, manifest: Manifest, absolute: Callable[[str], str]) -> None:
-        cols = manifest._exact
-        others = [(i, e) for i, e in manifest._others if e.selector == "key"]
+        cols, entries = manifest.split()
+        others = [(i, e) for i, e in entries if e.selector == "key"]
         index = (
             np.arange(len(cols.index), dtype=np.int64)
             if isinstance(cols.index, range)
@@ -553,8 +550,15 @@ class CompiledMap:
         """The root URLs of every pipeline that an entry's target names (``a.zip`` of
         ``a.zip|zip:m``), whether the entry wins anywhere or not: the manifests and archives
         the map may read through."""
-        exact = {url.partition(PIPELINE_SEPARATOR)[0] for url in self._urls if PIPELINE_SEPARATOR in url}
-        return exact | self._pipes
+        urls = (url for group in (self._urls, self._range_urls) for url in group)
+        return {url.partition(PIPELINE_SEPARATOR)[0] for url in urls if PIPELINE_SEPARATOR in url}
+
+    def target_roots(self) -> set[str]:
+        """The root URL (before any ``|``) of every entry's target, winning or shadowed: every
+        exact target and every prefix or range target's URL prefix — what the map may send
+        kvmap to, for the policy (:func:`kvmap.policy.allow_prefixes`)."""
+        roots = {url.partition(PIPELINE_SEPARATOR)[0] for url in self._urls if url}
+        return roots | {url.partition(PIPELINE_SEPARATOR)[0] for url in self._range_urls}
 
     def _exact_winners(self) -> Iterator[tuple[str, int]]:
         if self._table is None:

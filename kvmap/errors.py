@@ -9,10 +9,12 @@ from __future__ import annotations
 
 __all__ = [
     "ChainError",
+    "ConvertError",
     "DanglingReferenceError",
     "InvalidKeyError",
     "KvmapError",
     "ManifestError",
+    "MissingDependencyError",
     "PipelineError",
     "PolicyError",
     "ResolveError",
@@ -60,7 +62,17 @@ class ManifestError(KvmapError, ValueError):
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only constructor arguments need an explicit reduce to pickle.
-        return (_rebuild_manifest_error, (self.reason, self.manifest, self.entry, self.field))
+        return (_rebuild_manifest_error, (type(self), self.reason, self.manifest, self.entry, self.field))
+
+
+class ConvertError(ManifestError):
+    """A manifest cannot be written in another format: an entry it cannot express there (a
+    prefix in kerchunk, a byte window in kvstack...). Names the manifest, the entry and the field."""
+
+
+class MissingDependencyError(KvmapError, ImportError):
+    """A format or bridge needs an optional dependency that is not installed; the message
+    says what to install."""
 
 
 def _shown(name: object) -> str:
@@ -73,8 +85,10 @@ def _shown(name: object) -> str:
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
-def _rebuild_manifest_error(reason: str, manifest: str | None, entry: int | None, field: str | None) -> ManifestError:
-    return ManifestError(reason, manifest=manifest, entry=entry, field=field)
+def _rebuild_manifest_error(
+    cls: type[ManifestError], reason: str, manifest: str | None, entry: int | None, field: str | None
+) -> ManifestError:
+    return cls(reason, manifest=manifest, entry=entry, field=field)
 
 
 class InvalidKeyError(KvmapError, ValueError):

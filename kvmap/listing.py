@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 from kvmap.chain import Chain, Location, Read, Walk
 from kvmap.compiled import CompiledMap, RangeTarget
 from kvmap.errors import ChainError, PipelineError, ResolveError
+from kvmap.formats import adapter_kind
 from kvmap.keyrange import KeyRange, key_successor, prefix_range, range_common_prefix_length
 from kvmap.pipeline import Pipeline
 from kvmap.zipindex import ZipIndex
@@ -174,7 +175,7 @@ def _open(chain: Chain, doc: str, entry: int, url: str) -> Generator[Read, Any, 
     left = Pipeline(pipe.root, pipe.adapters[:-1])
     loc: Location | None = yield from chain.locate(left, walk, inside=inside)
     last = pipe.adapters[-1]
-    if loc is not None and last.kind == "zip":
+    if loc is not None and adapter_kind(last.name) == "zip":
         index = yield from chain.zip_index(loc, walk)
         return _Space("zip" if index is not None else "none", path=last.path, zip=index)
     if loc is not None:

@@ -22,6 +22,7 @@ same rules.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import re
@@ -41,15 +42,31 @@ import numpy.typing as npt
 import orjson
 
 from kvmap._gcpause import paused_gc
+from kvmap.detect import hint
 from kvmap.entries import MAX_INT, Entry
 from kvmap.entries import MAX_JSON_DEPTH as _JSON_DEPTH
 from kvmap.errors import ManifestError, SaveError
-from kvmap.url import PIPELINE_SEPARATOR, is_absolute
+from kvmap.places import path_url, place_url, working_directory_url
+from kvmap.url import PIPELINE_SEPARATOR, is_absolute, is_local_path
 
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["FORMAT_VERSION", "Manifest", "parse_json"]
+__all__ = ["FORMAT_VERSION", "HERE", "Base", "ExactColumns", "Manifest", "parse_json", "save_atomically"]
+
+
+class _Here(enum.Enum):
+    """The default ``url`` of a manifest built in Python: the working directory."""
+
+    HERE = "the working directory"
+
+    def __repr__(self) -> str:
+        return "HERE"
+
+
+HERE = _Here.HERE
+#: What a manifest's ``url`` may be given as: a URL, a path, ``None`` (no URL) or :data:`HERE`.
+Base = str | os.PathLike[str] | None | _Here
 
 #: The value of the document's ``"kvmap"`` member this version understands.
 FORMAT_VERSION = 1
@@ -59,8 +76,10 @@ _FAST_FIELDS = frozenset(("key", "path", "offset", "length"))
 
 
 @dataclass(frozen=True, slots=True)
-class _ExactColumns:
-    """Exact-key entries with a path (or null) and an optional window, as columns."""
+class ExactColumns:
+    """Exact-key entries with a path (or null: a whiteout) and an optional window, as columns:
+    the bulk of a large manifest, kept this way so that compiling and converting it never
+    makes an object per entry. ``index`` is each one's entry index; paths are as written."""
 
     index: Sequence[int]
     key: Sequence[str]
@@ -70,7 +89,7 @@ class _ExactColumns:
     distinct_paths: set[str]  # the non-null paths, each once
 
 
-_NO_EXACT = _ExactColumns(range(0), [], [], np.zeros(0, np.int64), np.zeros(0, np.int64), set())
+_NO_EXACT = ExactColumns(range(0), [], [], np.zeros(0, np.int64), np.zeros(0, np.int64), set())
 _BULK_FIELDS = ("key", "path", "offset", "length")
 _Window = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 
@@ -130,7 +149,7 @@ class Manifest:
     url: str | None
     name: str | None
     _raw: list[Any]
-    _exact: _ExactColumns
+    _exact: ExactColumns
     _others: list[tuple[int, Entry]]
 
     def __init__(self) -> None:
@@ -139,13 +158,18 @@ class Manifest:
     # -- construction -------------------------------------------------------------
 
     @classmethod
-    def from_json(cls, document: Any, url: str | None = None, *, name: str | None = None) -> Manifest:
+    def from_json(cls, document: Any, url: Base = HERE, *, name: str | None = None) -> Manifest:
         """Validate a parsed JSON document (object or bare entry array).
 
-        ``url`` must be absolute when given. Raises :class:`ManifestError`
-        naming the manifest, the entry index and the field of the first problem.
+        ``url`` is the document's URL or path (:func:`~kvmap.places.place_url`); left out, it
+        is the working directory at this call (``file://.../``), which relative targets then
+        resolve against and which is the manifest's origin (kept when the manifest is pickled);
+        ``None``: the document has no URL, so a relative target is an error (spec 5.1).
+        Raises :class:`ManifestError` naming the manifest, the entry index and the field of
+        the first problem.
         """
-        entries = _document_entries(document, name or url)
+        url, name = _base(url, name)
+        entries = _document_entries(document, name)
         with paused_gc():
             # Copy the entry objects so that later changes by the caller cannot
             # make a validated manifest invalid: a ``json`` value whole (it may nest).
@@ -153,8 +177,8 @@ class Manifest:
             return cls._validated(entries, url, name)
 
     @classmethod
-    def loads(cls, text: str | bytes, url: str | None = None, *, name: str | None = None) -> Manifest:
-        """Parse and validate a manifest from JSON text.
+    def loads(cls, text: str | bytes, url: Base = HERE, *, name: str | None = None) -> Manifest:
+        """Parse and validate a manifest from JSON text (``url`` as for :meth:`from_json`).
 
         Numbers keep their exact value: the text is held to the same rules as the
         Python objects :meth:`from_json` takes (an integer beyond 64 bits in a
@@ -162,14 +186,15 @@ class Manifest:
         text that is not JSON or a document that is not valid, naming the manifest,
         and the entry index and field of the first problem.
         """
+        url, name = _base(url, name)
         with paused_gc():
             bulk = _decode_bulk(text)
             if bulk is not None:
                 manifest = cls._from_bulk(bulk, url, name)
                 if manifest is not None:
                     return manifest
-            document = parse_json(text, name or url)
-            return cls._validated(_document_entries(document, name or url), url, name)
+            document = parse_json(text, name)
+            return cls._validated(_document_entries(document, name), url, name)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Manifest:
@@ -179,9 +204,9 @@ class Manifest:
         when the file cannot be read.
         """
         name = os.fspath(path)
-        with open(name, "rb") as f:
+        with open(os.path.expanduser(name), "rb") as f:
             text = f.read()
-        return cls.loads(text, url=Path(os.path.abspath(name)).as_uri(), name=name)
+        return cls.loads(text, url=path_url(name), name=name)
 
     @classmethod
     def _from_bulk(cls, entries: list[_BulkEntry], url: str | None, name: str | None) -> Manifest | None:
@@ -193,7 +218,7 @@ class Manifest:
         if columns is None:
             return None
         self = object.__new__(cls)
-        self.url, self.name = url, name or url
+        self.url, self.name = url, name
         self._raw, self._exact, self._others = entries, columns, []
         return self
 
@@ -203,7 +228,7 @@ class Manifest:
             raise ValueError(f"a manifest URL must be absolute, not {url!r}")
         self = object.__new__(cls)
         self.url = url
-        self.name = name or url
+        self.name = name
         self._raw = raw
         self._exact, self._others = _validate_entries(raw, self.name, url)
         return self
@@ -212,6 +237,13 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self._raw)
+
+    def split(self) -> tuple[ExactColumns, Sequence[tuple[int, Entry]]]:
+        """The entries in two parts that together hold each once: the plain exact-key entries
+        with a path or a whiteout, as columns, and every other entry as ``(index, Entry)`` in
+        index order. Which entries take the columns is not part of the promise (a
+        manifest built one entry at a time may hold them all as entries)."""
+        return self._exact, self._others
 
     @property
     def entries(self) -> Sequence[Entry]:
@@ -277,31 +309,37 @@ class Manifest:
         ``path`` that is a directory; then the temporary file is removed and the
         old file, if any, is unchanged.
         """
-        target = os.path.abspath(os.fspath(path))
-        directory, name = os.path.split(target)
-        data = self.dumps()
+        save_atomically(path, self.dumps())
+
+
+def save_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to the local file ``path`` atomically, as :meth:`Manifest.save` says
+    (temporary file, ``fsync``, rename, directory ``fsync``, stale temporaries removed).
+    Raises :class:`~kvmap.SaveError`; then the old file, if any, is unchanged."""
+    target = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    directory, name = os.path.split(target)
+    try:
+        fd, tmp = _create_temp(directory, name)
+    except ValueError as exc:  # e.g. a NUL character in the path
+        raise SaveError(errno.EINVAL, f"cannot save the manifest: {exc}", target) from exc
+    except OSError as exc:
+        raise _save_error(exc, target) from exc
+    try:
         try:
-            fd, tmp = _create_temp(directory, name)
-        except ValueError as exc:  # e.g. a NUL character in the path
-            raise SaveError(errno.EINVAL, f"cannot save the manifest: {exc}", target) from exc
-        except OSError as exc:
-            raise _save_error(exc, target) from exc
-        try:
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)  # only ever this save's own name
-                raise
-            finally:
-                with contextlib.suppress(OSError):
-                    os.close(fd)  # releases the lock: after the rename or the unlink
-        except OSError as exc:
-            raise _save_error(exc, target) from exc
-        _fsync_directory(directory)
-        _remove_stale_temps(directory, name)
+            _write_all(fd, data)
+            os.fsync(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # only ever this save's own name
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # releases the lock: after the rename or the unlink
+    except OSError as exc:
+        raise _save_error(exc, target) from exc
+    _fsync_directory(directory)
+    _remove_stale_temps(directory, name)
 
 
 #: Of the saved file's name, at most this many bytes go into its temporary name
@@ -417,6 +455,20 @@ def _remove_if_unlocked(path: str) -> None:
         os.close(fd)
 
 
+def _base(url: Base, name: str | None) -> tuple[str | None, str | None]:
+    """The document URL ``url`` stands for, and the name errors call the document (a URL
+    the caller gave; not the working directory it defaulted to)."""
+    if url is HERE:
+        return working_directory_url(), name
+    if url is None:
+        return None, name
+    if isinstance(url, str) and is_absolute(url) and not is_local_path(url):
+        return url, name if name is not None else url
+    if not isinstance(url, (str, os.PathLike)):
+        raise TypeError(f"a manifest URL is a URL or a path, not {type(url).__name__}")
+    return place_url(url), name if name is not None else os.fspath(url)
+
+
 def _document_entries(document: Any, name: str | None) -> list[Any]:
     if isinstance(document, list):
         return document
@@ -425,8 +477,10 @@ def _document_entries(document: Any, name: str | None) -> list[Any]:
     version = document.get("kvmap")
     if type(version) is not int or version != FORMAT_VERSION:
         found = "missing" if "kvmap" not in document else _short_repr(version)
+        looks = hint(document) if "kvmap" not in document else None
+        reason = f"unsupported manifest version {found}: this kvmap reads version {FORMAT_VERSION}"
         raise ManifestError(
-            f"unsupported manifest version {found}: this kvmap reads version {FORMAT_VERSION}",
+            reason if looks is None else f"not a kvmap manifest (no member 'kvmap'); it looks like {looks}",
             manifest=name,
             field="kvmap",
         )
@@ -523,7 +577,8 @@ def _relative_path_error(name: str | None, index: int) -> ManifestError:
 
 
 def _root_is_relative(path: str) -> bool:
-    return not is_absolute(path.partition(PIPELINE_SEPARATOR)[0])
+    root = path.partition(PIPELINE_SEPARATOR)[0]
+    return not is_absolute(root) and not is_local_path(root)
 
 
 def _validate_one_by_one(raw: list[Any], name: str | None, url: str | None) -> list[Entry]:
@@ -539,7 +594,7 @@ def _validate_one_by_one(raw: list[Any], name: str | None, url: str | None) -> l
 
 def _validate_entries(
     raw: list[Any], name: str | None, url: str | None
-) -> tuple[_ExactColumns, list[tuple[int, Entry]]]:
+) -> tuple[ExactColumns, list[tuple[int, Entry]]]:
     """Split valid entries into exact-key columns and the rest; raise on the first bad entry."""
     exact = _columns_if_valid(raw, url)
     if exact is not None:
@@ -556,7 +611,7 @@ def _validate_entries(
     return _NO_EXACT, list(enumerate(_validate_one_by_one(raw, name, url)))
 
 
-def _columns_if_valid(raw: list[Any], url: str | None) -> _ExactColumns | None:
+def _columns_if_valid(raw: list[Any], url: str | None) -> ExactColumns | None:
     """Columns of the valid plain exact-key entries, or ``None`` if any of them is suspect."""
     if not raw:
         return _NO_EXACT
@@ -596,7 +651,7 @@ def _checked_columns(
     url: str | None,
     *,
     typed: bool,
-) -> _ExactColumns | None:
+) -> ExactColumns | None:
     """The columns, if every value is valid; ``None`` if any is suspect.
 
     ``typed``: the values come from a typed decode of JSON text, so their types,
@@ -619,7 +674,7 @@ def _checked_columns(
         for p, o, n in zip(paths, offset_array.tolist(), length_array.tolist(), strict=True)
     ):
         return None
-    return _ExactColumns(index, keys, paths, offset_array, length_array, distinct_paths)
+    return ExactColumns(index, keys, paths, offset_array, length_array, distinct_paths)
 
 
 def _window_array(values: list[Any], typed: bool = False) -> npt.NDArray[np.int64] | None:

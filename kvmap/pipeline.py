@@ -8,7 +8,8 @@ kvmap manifest and looks up the key ``c/0`` in it.
 * Each adapter is ``name:path``. The ``:`` may be left out when the path is
   empty. The path is percent-decoded (UTF-8); a literal ``|`` in it is ``%7C``.
 * Adapter names follow RFC 3986's scheme syntax, plus ``_`` so that
-  ``zarr_chunk_manifest`` parses as the original proposal writes it.
+  ``zarr_chunk_manifest`` parses as the original proposal writes it. Which names kvmap
+  reads, and as what, is :mod:`kvmap.formats`' registry (plus ``zip``).
 
 >>> p = Pipeline.parse("s3://b/m.json|kvmap:c/0%7C1")
 >>> p.root, p.adapters[0].name, p.adapters[0].path
@@ -28,15 +29,7 @@ from urllib.parse import unquote
 from kvmap.errors import PipelineError
 from kvmap.url import PIPELINE_SEPARATOR, encode_remainder
 
-__all__ = ["ADAPTER_KINDS", "Adapter", "Pipeline"]
-
-#: Adapter spellings kvmap reads, and the kind each one is.
-ADAPTER_KINDS: dict[str, str] = {
-    "kvmap": "manifest",
-    "zarr_chunk_manifest": "manifest",
-    "zarr-chunk-manifest": "manifest",
-    "zip": "zip",
-}
+__all__ = ["Adapter", "Pipeline"]
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]*\Z")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -48,15 +41,6 @@ class Adapter:
 
     name: str
     path: str = ""
-
-    @property
-    def kind(self) -> str:
-        """``"manifest"`` or ``"zip"``. Raises :class:`~kvmap.PipelineError` for an unknown adapter."""
-        kind = ADAPTER_KINDS.get(self.name)
-        if kind is None:
-            known = ", ".join(sorted(ADAPTER_KINDS))
-            raise PipelineError(f"unknown URL adapter {self.name!r} (kvmap knows {known})")
-        return kind
 
     def format(self) -> str:
         """The adapter as URL text: ``name:`` and the path percent-encoded."""

@@ -49,7 +49,7 @@ from urllib.parse import unquote
 from kvmap.errors import PolicyError
 from kvmap.url import PIPELINE_SEPARATOR, is_plain_name, split_name
 
-__all__ = ["Policy", "origin"]
+__all__ = ["Policy", "allow_prefixes", "origin"]
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)", re.S)
 _LOCAL = "file"
@@ -108,6 +108,32 @@ def origin(manifest: str) -> str | None:
     """
     place = _origin_place(manifest)
     return None if place is None else _render(place)
+
+
+def allow_prefixes(targets: Iterable[str], manifest: str | None) -> list[str]:
+    """The allow prefixes a manifest at URL ``manifest`` needs to reach every URL of
+    ``targets`` (root URLs: the text before any ``|``) that lies outside its origin, sorted:
+    a remote target's bucket, container or host (``s3://bucket/``), a local target's
+    directory, leaving out a directory inside another one listed. Targets that are not
+    URLs kvmap can decide on are left out (the policy refuses them whatever is allowed).
+
+    >>> allow_prefixes(["s3://a/x/0", "s3://a/y/1", "file:///d/e/f.nc", "file:///d/g.nc", "s3://own/x"], "s3://own/m.json")
+    ['file:///d/', 's3://a/']
+    """
+    home = None if manifest is None else _origin_place(manifest)
+    sites: set[str] = set()
+    local: set[tuple[str, ...]] = set()
+    for url in targets:
+        place = _place(url.partition(PIPELINE_SEPARATOR)[0], directory=False)
+        if isinstance(place, str) or (home is not None and place.within(home)):
+            continue
+        if place.scheme == _LOCAL:
+            local.add(place.segments[:-1])
+        else:
+            keep = 1 if place.scheme in _BUCKET_IN_PATH else 0
+            sites.add(_render(_Place(place.site, place.segments[:keep])))
+    kept = [d for d in local if not any(d[: len(o)] == o and d != o for o in local)]
+    return sorted(sites | {_render(_Place(f"{_LOCAL}://", d)) for d in kept})
 
 
 @lru_cache(maxsize=1024)  # asked for every target a manifest names

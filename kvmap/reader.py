@@ -71,7 +71,9 @@ from kvmap.compiled import CompiledMap, compile
 from kvmap.errors import PolicyError, TargetError, WriteError
 from kvmap.listing import List
 from kvmap.manifest import Manifest
+from kvmap.formats import Format, adapter_kind, for_adapter
 from kvmap.pipeline import Adapter, Pipeline
+from kvmap.places import place_url
 from kvmap.policy import Policy
 from kvmap.roots import RealPaths, Roots
 from kvmap.url import is_absolute
@@ -209,8 +211,8 @@ class Reader:
             self._map = compile(target)
             self._doc = target.url or target.name or "<manifest>"
         else:
-            pipe = Pipeline.parse(manifest_url(target))
-            if not pipe.adapters or pipe.adapters[-1].kind != "manifest":
+            pipe = Pipeline.parse(place_url(target))
+            if not pipe.adapters or adapter_kind(pipe.adapters[-1].name) != "manifest":
                 pipe = Pipeline(pipe.root, (*pipe.adapters, Adapter("kvmap")))
             self._pipe = pipe
             self._doc = pipe.format()
@@ -277,6 +279,25 @@ class Reader:
             raise TargetError("manifest not found", url=self._doc)
         return cm, left.format(), last.path, len(walk.hops)
 
+    def _load(self, fmt: Format | None) -> _Lister[tuple[Manifest, str]]:
+        """The target's manifest document, read in ``fmt`` (``None``: as its last adapter
+        says), and the key prefix the target gives in it."""
+        if self._map is not None:
+            assert isinstance(self.target, Manifest)
+            return self.target, ""
+        assert self._pipe is not None
+        left = Pipeline(self._pipe.root, self._pipe.adapters[:-1])
+        last = self._pipe.adapters[-1]
+        walk = Walk(None)
+        loc = yield from self.chain.locate(left, walk)
+        found = None
+        if loc is not None:
+            fmt = fmt if fmt is not None else for_adapter(last.name)
+            found = yield from self.chain.load(loc, left.format(), fmt, walk, required=True)
+        if found is None:
+            raise TargetError("manifest not found", url=self._doc)
+        return found, last.path
+
     def _list(self, prefix: str) -> _Lister[list[str]]:
         cm, doc, path, _ = yield from self._namespace()
         found: list[str] = yield from listing.keys(self.chain, cm, doc, path + prefix)
@@ -292,6 +313,13 @@ class Reader:
         return sorted({k[len(inner) :].split("/", 1)[0] for k in found})
 
     # -- async ------------------------------------------------------------------------
+
+    async def manifest(self, fmt: Format | None = None) -> Manifest:
+        """The target's own manifest (the document its last adapter reads), as it is written:
+        read in ``fmt`` if given (a :data:`kvmap.formats.FORMATS` entry), otherwise in the
+        format its last adapter names. Raises :class:`~kvmap.TargetError` if it does not exist."""
+        found, _ = await self._drive(self._load(fmt))
+        return found
 
     async def get(self, key: str, byte_range: ByteRange | None = None) -> Data | None:
         """The bytes of ``key`` (within ``byte_range``), or ``None`` if it does not exist."""
@@ -421,6 +449,11 @@ class Reader:
         return list(await asyncio.gather(*(self._read_async(r) for r in reads), return_exceptions=True))
 
     # -- sync -------------------------------------------------------------------------
+
+    def manifest_sync(self, fmt: Format | None = None) -> Manifest:
+        """:meth:`manifest`, with blocking I/O."""
+        found, _ = self._drive_sync(self._load(fmt))
+        return found
 
     def get_sync(self, key: str, byte_range: ByteRange | None = None) -> Data | None:
         """:meth:`get`, with blocking I/O."""
@@ -765,19 +798,6 @@ def _one_level(result: ListResult[Sequence[ObjectMeta]], full: str) -> tuple[lis
     dirs = [p[len(full) :].rstrip("/") for p in result["common_prefixes"] if p.startswith(full)]
     objects = [m["path"][len(full) :] for m in result["objects"] if m["path"].startswith(full)]
     return [d for d in dirs if d], [o for o in objects if o]
-
-
-def manifest_url(target: str | os.PathLike[str]) -> str:
-    """A manifest target as a URL: URLs and pipelines as they are, local paths as ``file://`` URLs.
-
-    >>> manifest_url("s3://b/m.json|kvmap:")
-    's3://b/m.json|kvmap:'
-    """
-    text = os.fspath(target)
-    if is_absolute(text):
-        return text
-    root, sep, rest = text.partition("|")
-    return Path(root).resolve().as_uri() + sep + rest
 
 
 def _rebuild_reader(target: str | os.PathLike[str] | Manifest, options: dict[str, Any]) -> Reader:

@@ -33,13 +33,13 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from kvmap.chain import DEFAULT_CACHE_SIZE, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MANIFEST_BYTES, ByteRange
 from kvmap.errors import DanglingReferenceError, WriteError
 from kvmap.manifest import Manifest
+from kvmap.places import place_url
 from kvmap.reader import (
     DEFAULT_LOCAL_BLOCKING_LIMIT,
     DEFAULT_MAX_CONCURRENCY,
     Explained,
     Reader,
     Write,
-    manifest_url,
 )
 
 __all__ = ["KVMapStore"]
@@ -80,7 +80,7 @@ class KVMapStore(Store):
     ) -> None:
         super().__init__(read_only=read_only)
         if not isinstance(target, Manifest):
-            target = manifest_url(target)  # absolute: the store means the same thing anywhere
+            target = place_url(target)  # absolute: the store means the same thing anywhere
         self.reader = Reader(
             target,
             allow=allow,

@@ -88,6 +88,11 @@ def split_name(url: str) -> tuple[str, str]:
     return url[:cut], url[cut:]
 
 
+# A drive letter, then a separator: a Windows path, not a one-letter URL scheme (no such
+# scheme is registered).
+_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
+
+
 def is_absolute(reference: str) -> bool:
     """Whether ``reference`` starts with an RFC 3986 scheme (``s3:``, ``file:``...)."""
     return _SCHEME.match(reference) is not None
@@ -169,6 +174,21 @@ def join(base: str, reference: str) -> str:
     return out
 
 
+def is_local_path(reference: str) -> bool:
+    """Whether ``reference`` is an absolute OS path: ``/x`` (not ``//host``) or a drive path
+    (``C:\\x``, ``C:/x``). In a document whose URL is ``file://``, or that has none, such a
+    path names that local file (spec 5.1).
+
+    >>> is_local_path("/data/x.nc"), is_local_path("C:/d/x.nc"), is_local_path("//h/x"), is_local_path("x")
+    (True, True, False, False)
+    """
+    return (reference.startswith("/") and not reference.startswith("//")) or _DRIVE.match(reference) is not None
+
+
+def _local_base(base: str | None) -> bool:
+    return base is None or base[:5].lower() == "file:"
+
+
 def resolve_target(base: str | None, path: str) -> str:
     """Make a manifest entry's ``path`` absolute.
 
@@ -177,16 +197,24 @@ def resolve_target(base: str | None, path: str) -> str:
     sits inside an adapter (``base`` is a pipeline such as ``file:///a.zip|zip:d/m.json``),
     a relative reference names a sibling in that adapter's namespace (``c/0`` ->
     ``file:///a.zip|zip:d/c/0``) and cannot climb out of it; a network-path
-    reference (``//host/x``) resolves against the pipeline's root. Raises
-    ``ValueError`` when the root is relative and there is no ``base``.
+    reference (``//host/x``) resolves against the pipeline's root. Where ``base`` is a
+    ``file://`` URL or ``None``, an absolute OS path (:func:`is_local_path`) names that
+    local file: ``/x`` as the reference it is against ``file:///``, a drive path as
+    ``file:///C:/x``. Raises ``ValueError`` when the root is relative and there is no ``base``.
 
     >>> resolve_target("file:///a.zip|zip:d/m.json", "../c/0")
     'file:///a.zip|zip:c/0'
+    >>> resolve_target(None, "/data/x.nc"), resolve_target("file:///m.json", "D:/x/y.nc")
+    ('file:///data/x.nc', 'file:///D:/x/y.nc')
     """
     root, sep, rest = path.partition(PIPELINE_SEPARATOR)
+    if _DRIVE.match(root) and _local_base(base):
+        return "file:///" + root.replace("\\", "/") + sep + rest
     if is_absolute(root):
         return path
     if base is None:
+        if is_local_path(root):
+            return join("file:///", root) + sep + rest
         raise ValueError("relative reference, but the manifest has no URL to resolve it against")
     head, bar, last = base.rpartition(PIPELINE_SEPARATOR)
     if not bar:

@@ -1,4 +1,6 @@
-"""kvmap's adapters for zarr's URL pipelines (ZEP 8), registered as ``zarr.url_adapters`` entry points.
+"""kvmap's adapters for zarr's URL pipelines (ZEP 8), registered as ``zarr.url_adapters`` entry points:
+one per manifest-format adapter of :mod:`kvmap.formats` (``kvmap``, ``zarr_chunk_manifest``,
+``kerchunk``, ``kvstack``).
 
 With a zarr that resolves URL pipelines, ``zarr.open_group("s3://b/m.json|kvmap:")``
 asks :class:`KvmapAdapter` for the store: a :class:`~kvmap.KVMapStore` on the
@@ -15,9 +17,9 @@ kvmap's own options come through ``storage_options``: ``allow``, ``allow_all``,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kvmap.places import path_url, place_url
 from kvmap.store import KVMapStore
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ else:
     except ImportError:  # a zarr without URL pipelines: plain classes, same methods
         _Base = object
 
-__all__ = ["ChunkManifestAdapter", "KvmapAdapter"]
+__all__ = ["ChunkManifestAdapter", "KerchunkAdapter", "KvmapAdapter", "KvstackAdapter"]
 
 _OPTIONS = (
     "allow",
@@ -81,8 +83,21 @@ class ChunkManifestAdapter(KvmapAdapter):
         return scheme in ("zarr_chunk_manifest", "zarr-chunk-manifest")
 
 
+class KerchunkAdapter(KvmapAdapter):
+    """``refs.json|kerchunk:`` or ``refs.parq|kerchunk:``: kerchunk references (JSON v0/v1 or a
+    parquet directory) as a store."""
+
+    adapter_name = "kerchunk"
+
+
+class KvstackAdapter(KvmapAdapter):
+    """``spec.json|kvstack:``: a tensorstore kvstack spec as a store."""
+
+    adapter_name = "kvstack"
+
+
 def _root(url: str) -> str:
     # zarr writes local roots as "file:/abs/path" or plain paths; kvmap reads file:// URLs.
     if url.startswith("file:") and not url.startswith("file://"):
-        return Path(url.removeprefix("file:")).resolve().as_uri()
-    return url
+        return path_url(url.removeprefix("file:"))
+    return place_url(url)

@@ -76,13 +76,14 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, content: str, message:
     assert run.returncode == 1
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1
-    assert run.stderr.startswith(f"kvmap: {path}: ")
+    # Every command names a manifest by the URL it read (the same for paths and URLs).
+    assert run.stderr.startswith(f"kvmap: {path.as_uri()}: ")
     assert message in run.stderr
 
 
 def test_missing_file_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "/nonexistent/m.json"]) == 1
-    assert capsys.readouterr().err == "kvmap: cannot read /nonexistent/m.json: No such file or directory\n"
+    assert capsys.readouterr().err == "kvmap: file:///nonexistent/m.json: manifest not found\n"
     with pytest.raises(SystemExit) as info:
         main(["resolve", EXAMPLE])  # no key
     assert info.value.code == 2

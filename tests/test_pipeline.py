@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kvmap
-from kvmap.pipeline import ADAPTER_KINDS, Adapter, Pipeline
+from kvmap.formats import ADAPTERS, adapter_kind, for_adapter
+from kvmap.pipeline import Adapter, Pipeline
 from kvmap.url import is_absolute, join, resolve_target
 
 # -- strategies -------------------------------------------------------------------------
@@ -112,11 +113,23 @@ def test_format_escapes_everything_but_unreserved_and_slash() -> None:
 
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("kvmap", "manifest"), ("zarr_chunk_manifest", "manifest"), ("zarr-chunk-manifest", "manifest"), ("zip", "zip")],
+    [
+        ("kvmap", "manifest"),
+        ("zarr_chunk_manifest", "manifest"),
+        ("zarr-chunk-manifest", "manifest"),
+        ("kerchunk", "manifest"),
+        ("kvstack", "manifest"),
+        ("zip", "zip"),
+    ],
 )
 def test_adapter_kind_for_each_spelling(name: str, kind: str) -> None:
-    assert Pipeline.parse(f"s3://b/x|{name}:p").adapters[0].kind == kind
-    assert ADAPTER_KINDS[name] == kind
+    assert adapter_kind(Pipeline.parse(f"s3://b/x|{name}:p").adapters[0].name) == kind
+    assert (name in ADAPTERS) == (kind == "manifest")
+
+
+def test_every_adapter_names_a_format_with_a_loader() -> None:
+    for name in ADAPTERS:
+        assert for_adapter(name).loader is not None, name
 
 
 @pytest.mark.parametrize("name", ["tar", "gzip", "ZIP", "kvmap2", "zarr.chunk.manifest"])
@@ -124,7 +137,7 @@ def test_unknown_adapter_parses_but_has_no_kind(name: str) -> None:
     adapter = Pipeline.parse(f"s3://b/x|{name}:p").adapters[0]
     assert adapter == Adapter(name, "p")
     with pytest.raises(kvmap.PipelineError, match="unknown URL adapter"):
-        _ = adapter.kind
+        adapter_kind(adapter.name)
 
 
 @pytest.mark.parametrize(
