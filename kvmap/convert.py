@@ -1,0 +1,371 @@
+"""``kvmap convert``: a manifest from one format to another, through the format registry.
+
+The input is read through a :class:`~kvmap.Reader`, so it may be a path or any URL kvmap
+reads, and the policy applies to everything it follows. Its format is ``source_format``
+(a :data:`kvmap.formats.FORMATS` name), the one its pipeline's last adapter names
+(``refs.json|kerchunk:``), or what its content looks like (:mod:`kvmap.detect`: a
+directory holding ``.zmetadata`` is kerchunk parquet; an Icechunk repository is one).
+The output's format is ``target_format``, or what its name ends in (``.parq`` →
+kerchunk parquet, ``.icechunk`` → an Icechunk repository), else kvmap's own.
+
+Reference formats (kerchunk, kerchunk parquet, chunk manifests, Icechunk) hold one
+reference per key. On the way there, an exact entry whose target is a URL pipeline
+(``a.zip|zip:c/0``, ``m.json|kvmap:k``) is followed to its final object and window, and
+kept if that is exact (a stored zip member, or an entry of a nested manifest), refused
+naming the entry if not (a deflated member). Prefix and range entries are refused naming
+the entry, unless ``materialize``: then the composite namespace is listed and every key
+gets its own reference (what it resolves to now). Formats that need a length for every
+reference (chunk manifests, Icechunk) get the size of whole objects, asked for
+concurrently.
+
+Local outputs are written atomically (:func:`kvmap.manifest.save_atomically`; a directory
+output is built beside its place and renamed into it); remote ones are written object
+by object, each object whole. The result says which allow prefixes the written manifest
+needs to be read (:func:`kvmap.policy.allow_prefixes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Generator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kvmap.chain import Location
+from kvmap.compiled import compile
+from kvmap.detect import looks_like
+from kvmap.errors import ConvertError, ManifestError, SaveError
+from kvmap.formats import FORMATS, Fetch, Format, for_adapter, for_suffix
+from kvmap.manifest import Manifest, parse_json, save_atomically
+from kvmap.pipeline import Pipeline
+from kvmap.places import place_url
+from kvmap.policy import allow_prefixes
+from kvmap.reader import Reader
+from kvmap.url import PIPELINE_SEPARATOR, resolve_target
+
+__all__ = ["Converted", "convert", "read_manifest"]
+
+#: Output formats that hold one reference per key (what materializing and flattening serve).
+_REFERENCE_FORMATS = frozenset(("kerchunk", "kerchunk-parquet", "chunk-manifest", "icechunk"))
+#: Output formats whose every reference needs a length.
+_NEED_LENGTHS = frozenset(("chunk-manifest", "icechunk"))
+_CONCURRENCY = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    """What :func:`convert` did: the formats read and written, the references written
+    (``entries``), and the ``allow`` prefixes a reader of the output needs."""
+
+    source_format: str
+    target_format: str
+    entries: int
+    allow: list[str]
+
+
+def _load_detected(
+    url: str | None, target: str | None, chosen: list[str]
+) -> Generator[Fetch, bytes | None, Manifest | None]:
+    """A loader that reads whatever format the document is in (see the module), and appends
+    the format's name to ``chosen``."""
+    from kvmap.formats import kerchunk, kerchunk_parquet
+    from kvmap.formats.chunkmanifest import chunk_manifest
+    from kvmap.formats.kvstack import from_kvstack
+
+    if url is None or not url.lower().endswith(".json"):
+        found = yield from kerchunk_parquet.load(url, target=target)
+        if found is not None:
+            chosen.append("kerchunk-parquet")
+            return found
+    text = yield Fetch()
+    if text is None:
+        return None
+    document = parse_json(text, url)
+    kind = looks_like(document)
+    chosen.append(kind or "kvmap")
+    if kind == "kerchunk":
+        return kerchunk.from_kerchunk(document, url, name=url, target=target)
+    if kind == "chunk-manifest":
+        return chunk_manifest(document, url, name=url)
+    if kind == "kvstack":
+        return from_kvstack(document, url, name=url)
+    return Manifest.from_json(document, url, name=url)  # kvmap, or its error naming what it is not
+
+
+def _with_target(fmt: Format, target: str | None) -> Format:
+    if target is None or fmt.name not in ("kerchunk", "kerchunk-parquet"):
+        return fmt
+    from kvmap.formats import kerchunk, kerchunk_parquet
+
+    def load(url: str | None) -> Generator[Fetch, bytes | None, Manifest | None]:
+        if url is None or not url.lower().endswith(".json"):
+            found = yield from kerchunk_parquet.load(url, target=target)
+            if found is not None:
+                return found
+        return (yield from kerchunk.load(url, target=target))
+
+    return replace(fmt, loader=load)
+
+
+def _is_icechunk_repo(place: str | os.PathLike[str]) -> bool:
+    url = place_url(place)
+    if not url.startswith("file://") or PIPELINE_SEPARATOR in url:
+        return False
+    path = Path(_local_path(url))
+    return path.is_dir() and (path / "refs").is_dir() and (path / "snapshots").is_dir()
+
+
+def _local_path(url: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(url.removeprefix("file://"))
+
+
+def read_manifest(
+    source: str | os.PathLike[str] | Manifest,
+    source_format: str | None = None,
+    *,
+    allow: Collection[str] = (),
+    allow_all: bool = False,
+    stores: Mapping[str, Mapping[str, Any]] | None = None,
+    target: str | None = None,
+) -> tuple[Manifest, str]:
+    """The manifest at ``source`` in ``source_format`` (or the one detected; see the module)
+    and the format's name. ``target``: the URL of kerchunk references whose URL is
+    ``null``. Raises :class:`~kvmap.ManifestError` for a bad document,
+    :class:`~kvmap.TargetError` if it cannot be read, ``ValueError`` for an unknown format."""
+    if isinstance(source, Manifest):
+        return source, "kvmap"
+    if source_format is not None and source_format not in FORMATS:
+        raise ValueError(f"unknown format {source_format!r} (kvmap knows {', '.join(sorted(FORMATS))})")
+    if source_format == "icechunk" or (source_format is None and _is_icechunk_repo(source)):
+        from kvmap.formats.icechunk import from_icechunk_repo
+
+        return from_icechunk_repo(source), "icechunk"
+    url = place_url(source)
+    pipe = Pipeline.parse(url)
+    reader = Reader(url, allow=allow, allow_all=allow_all, stores=stores)
+    if source_format is not None:
+        fmt = FORMATS[source_format]
+    elif pipe.adapters and pipe.adapters[-1].name in _manifest_adapters():
+        fmt = for_adapter(pipe.adapters[-1].name)
+    else:
+        chosen: list[str] = []
+        fmt = Format(
+            "detected", "a manifest in any format kvmap reads", loader=lambda u: _load_detected(u, target, chosen)
+        )
+        return reader.manifest_sync(fmt), chosen[-1]
+    return reader.manifest_sync(_with_target(fmt, target)), fmt.name
+
+
+def _manifest_adapters() -> set[str]:
+    from kvmap.formats import ADAPTERS
+
+    return set(ADAPTERS)
+
+
+def convert(
+    source: str | os.PathLike[str] | Manifest,
+    destination: str | os.PathLike[str],
+    *,
+    source_format: str | None = None,
+    target_format: str | None = None,
+    materialize: bool = False,
+    allow: Collection[str] = (),
+    allow_all: bool = False,
+    stores: Mapping[str, Mapping[str, Any]] | None = None,
+    target: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Converted:
+    """Convert the manifest at ``source`` to ``destination`` (see the module).
+
+    ``progress(done, total)`` is called while references are followed. Raises
+    :class:`~kvmap.ConvertError` naming the entry the output format cannot hold,
+    :class:`~kvmap.ManifestError` for bad input, :class:`~kvmap.ResolveError` when a target
+    cannot be read or is not allowed, :class:`~kvmap.SaveError` when the output cannot be
+    written (then nothing of it was written locally), ``ValueError`` for an unknown format.
+    """
+    manifest, read_as = read_manifest(
+        source, source_format, allow=allow, allow_all=allow_all, stores=stores, target=target
+    )
+    out_url = place_url(destination)
+    if target_format is None:
+        found = for_suffix(out_url)
+        target_format = found.name if found is not None else "kvmap"
+    if target_format not in FORMATS:
+        raise ValueError(f"unknown format {target_format!r} (kvmap knows {', '.join(sorted(FORMATS))})")
+    reader = Reader(manifest, allow=allow, allow_all=allow_all, stores=stores)
+    lengths: dict[str, int] = {}
+    if materialize or target_format in _REFERENCE_FORMATS:
+        manifest, lengths = asyncio.run(
+            _references(reader, manifest, materialize, target_format in _NEED_LENGTHS, progress)
+        )
+    if target_format == "icechunk":
+        from kvmap.formats.icechunk import to_icechunk_repo
+
+        to_icechunk_repo(manifest, _local_or(out_url), lengths=lengths)
+    else:
+        writer = FORMATS[target_format].writer
+        assert writer is not None
+        _write(writer(manifest), out_url, stores)
+    needed = allow_prefixes(compile(manifest).target_roots(), out_url)
+    return Converted(read_as, target_format, len(manifest), needed)
+
+
+def _local_or(url: str) -> str:
+    return _local_path(url) if url.startswith("file://") else url
+
+
+# -- references: flattening pipelines, materializing prefixes -------------------------------
+
+
+async def _references(
+    reader: Reader,
+    manifest: Manifest,
+    materialize: bool,
+    need_lengths: bool,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[Manifest, dict[str, int]]:
+    """``manifest`` as one exact entry per key (see the module), and the sizes of the keys
+    whose entry is a whole object, when ``need_lengths``."""
+    cols, entries = manifest.split()
+    name = manifest.name or manifest.url
+    simple = all(e.selector == "key" and (e.path is None or PIPELINE_SEPARATOR not in e.path) for _, e in entries)
+    if simple and PIPELINE_SEPARATOR not in "".join(p for p in cols.path if p):
+        out = manifest  # nothing to follow
+    else:
+        if not materialize:
+            for index, entry in entries:
+                if entry.selector != "key":
+                    raise ConvertError(
+                        f"a {entry.selector} entry has no form with one reference per key; "
+                        "--materialize lists its keys and writes one reference each",
+                        manifest=name,
+                        entry=index,
+                        field=entry.selector if entry.selector == "prefix" else "min",
+                    )
+        keys = await reader.list_prefix("")
+        out = await _followed(reader, manifest, keys, progress)
+    lengths: dict[str, int] = {}
+    if need_lengths:
+        lengths = await _sizes(reader, out)
+    return out, lengths
+
+
+async def _followed(
+    reader: Reader, manifest: Manifest, keys: list[str], progress: Callable[[int, int], None] | None
+) -> Manifest:
+    """The manifest of one exact entry per key in ``keys``: where each resolves now."""
+    gate = asyncio.Semaphore(_CONCURRENCY)
+    done = 0
+
+    async def one(key: str) -> dict[str, Any] | None:
+        nonlocal done
+        async with gate:
+            walked = await reader.explain(key)
+        done += 1
+        if progress is not None:
+            progress(done, len(keys))
+        loc = walked.location
+        if loc is None:
+            return None
+        return _entry(key, loc, walked.hops[-1].inline if walked.hops else False, walked, manifest)
+
+    found = await asyncio.gather(*(one(k) for k in keys))
+    return Manifest.from_json([e for e in found if e is not None], manifest.url, name=manifest.name)
+
+
+def _entry(key: str, loc: Location, inline: bool, walked: Any, manifest: Manifest) -> dict[str, Any]:
+    import base64
+
+    if loc.data is not None:
+        if not inline:
+            hop = walked.hops[0] if walked.hops else None
+            raise ConvertError(
+                f"key {key!r} is a deflated zip member: its bytes are no window of any object",
+                manifest=manifest.name or manifest.url,
+                entry=None if hop is None else hop.entry,
+                field="path",
+            )
+        return {"key": key, "data": base64.b64encode(bytes(loc.data)).decode("ascii")}
+    entry: dict[str, Any] = {"key": key, "path": loc.url}
+    if loc.offset or loc.length is not None:
+        entry["offset"] = loc.offset
+        if loc.length is not None:
+            entry["length"] = loc.length
+    return entry
+
+
+async def _sizes(reader: Reader, manifest: Manifest) -> dict[str, int]:
+    """The size of every key whose exact entry is a whole object (no length), concurrently."""
+    cols, entries = manifest.split()
+    whole = [k for k, p, n in zip(cols.key, cols.path, cols.length.tolist(), strict=True) if p is not None and n < 0]
+    whole += [e.key for _, e in entries if e.selector == "key" and e.path is not None and e.length is None]
+    if not whole:
+        return {}
+    sized = Reader(manifest, **{k: v for k, v in reader.options.items() if k in ("allow", "allow_all", "stores")})
+    gate = asyncio.Semaphore(_CONCURRENCY)
+
+    async def one(key: str) -> int | None:
+        async with gate:
+            return await sized.size(key)
+
+    found = await asyncio.gather(*(one(k) for k in whole))
+    name = manifest.name or manifest.url
+    out = {}
+    for key, size in zip(whole, found, strict=True):
+        if size is None:
+            raise ManifestError(f"key {key!r} names an object that does not exist", manifest=name, field="path")
+        out[key] = size
+    return out
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+def _write(files: dict[str, bytes], url: str, stores: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Write ``files`` (``""``: the output itself; other names: inside the directory it is)."""
+    if url.startswith("file://") and PIPELINE_SEPARATOR not in url:
+        path = _local_path(url)
+        if set(files) == {""}:
+            save_atomically(path, files[""])
+            return
+        try:
+            _write_directory(path, files)
+        except OSError as exc:
+            raise SaveError(exc.errno or 0, f"cannot write {path}: {exc.strerror or exc}", path) from exc
+        return
+    from kvmap.roots import Roots
+
+    roots = Roots(stores)
+    for name, data in files.items():
+        where = url if not name else resolve_target(url.rstrip("/") + "/", name)
+        store, key = roots.open_for_write(where)
+        store.put(key, data)
+
+
+def _write_directory(path: str, files: dict[str, bytes]) -> None:
+    """Build the directory beside ``path`` and rename it into place; an existing directory
+    there is replaced only after the new one is complete (it is moved aside, then removed)."""
+    target = Path(os.path.abspath(os.path.expanduser(path)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name}.kvmap-", dir=target.parent))
+    try:
+        for name, data in files.items():
+            out = build / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.kvmap-old-", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(build, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
