@@ -14,13 +14,16 @@ True
 from kvmap.chain import Hop, Location
 from kvmap.compiled import CompiledMap, Explanation, Piece, Resolution, compile
 from kvmap.compose import compose
+from kvmap.convert import Converted, convert
 from kvmap.entries import Entry
 from kvmap.errors import (
     ChainError,
+    ConvertError,
     DanglingReferenceError,
     InvalidKeyError,
     KvmapError,
     ManifestError,
+    MissingDependencyError,
     PipelineError,
     PolicyError,
     ResolveError,
@@ -39,6 +42,8 @@ __all__ = [
     "Adapter",
     "ChainError",
     "CompiledMap",
+    "ConvertError",
+    "Converted",
     "DanglingReferenceError",
     "Entry",
     "Explained",
@@ -51,6 +56,7 @@ __all__ = [
     "Location",
     "Manifest",
     "ManifestError",
+    "MissingDependencyError",
     "Piece",
     "Pipeline",
     "PipelineError",
@@ -64,6 +70,7 @@ __all__ = [
     "WriteError",
     "compile",
     "compose",
+    "convert",
     "memory_store",
 ]
 

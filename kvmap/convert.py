@@ -253,7 +253,19 @@ async def _references(
     lengths: dict[str, int] = {}
     if need_lengths:
         lengths = await _sizes(reader, out)
+        if lengths:
+            out = _with_lengths(out, lengths)
     return out, lengths
+
+
+def _with_lengths(manifest: Manifest, lengths: Mapping[str, int]) -> Manifest:
+    """``manifest`` with the exact entries of the keys in ``lengths`` given that length."""
+    entries = manifest.to_json()["entries"]
+    for entry in entries:
+        key = entry.get("key")
+        if key in lengths and entry.get("path") is not None and "length" not in entry:
+            entry["length"] = lengths[key]
+    return Manifest.from_json(entries, manifest.url, name=manifest.name)
 
 
 async def _followed(
