@@ -34,7 +34,7 @@ class Fetch:
     ``(None, n)`` the last ``n`` bytes)."""
 
     name: str = ""
-    byte_range: tuple[int | None, int | None] | None = None
+    byte_range: tuple[int, int] | tuple[int, None] | tuple[None, int] | None = None
 
 
 #: What a loader is: yields fetches, receives bytes or ``None``, returns its result.
@@ -56,7 +56,7 @@ def drive(loading: Generator[Fetch, bytes | None, T], answer: Callable[[str], by
         return result
 
 
-def _cut(data: bytes, byte_range: tuple[int | None, int | None]) -> bytes:
+def _cut(data: bytes, byte_range: tuple[int, int] | tuple[int, None] | tuple[None, int]) -> bytes:
     start, end = byte_range
     if start is None:
         return data[len(data) - (end or 0) :] if end else b""
