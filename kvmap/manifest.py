@@ -29,7 +29,7 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter, itemgetter
@@ -136,6 +136,67 @@ class _EntriesView(Sequence[Entry]):
         return Entry.from_json(_as_object(m._raw[j]), j, m.name)
 
 
+@dataclass(frozen=True, slots=True)
+class _ExactRows:
+    """Exact-key references as given (windows: ``msgspec.UNSET`` where not set)."""
+
+    key: list[Any]
+    path: list[Any]
+    offset: list[Any]
+    length: list[Any]
+
+    def row(self, pos: int) -> dict[str, Any]:
+        entry = {"key": self.key[pos], "path": self.path[pos]}
+        if self.offset[pos] is not msgspec.UNSET:
+            entry["offset"] = self.offset[pos]
+        if self.length[pos] is not msgspec.UNSET:
+            entry["length"] = self.length[pos]
+        return entry
+
+
+class _Rows(Sequence[Any]):
+    """A manifest's entries as JSON objects: ``head`` (a list), then exact-key references kept
+    as columns, each made into its object only when it is asked for, then ``tail``."""
+
+    __slots__ = ("_cols", "_head", "_tail")
+
+    def __init__(self, head: list[Any], cols: ExactColumns | _ExactRows, tail: list[Any]) -> None:
+        self._head, self._cols, self._tail = head, cols, tail
+
+    def __len__(self) -> int:
+        return len(self._head) + len(self._cols.key) + len(self._tail)
+
+    @overload
+    def __getitem__(self, j: int) -> Any: ...
+    @overload
+    def __getitem__(self, j: slice) -> list[Any]: ...
+    def __getitem__(self, j: int | slice) -> Any:
+        if isinstance(j, slice):
+            return [self[i] for i in range(*j.indices(len(self)))]
+        j = range(len(self))[j]
+        k, n = len(self._head), len(self._cols.key)
+        if j < k:
+            return self._head[j]
+        return self._row(j - k) if j < k + n else self._tail[j - k - n]
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self._head
+        yield from map(self._row, range(len(self._cols.key)))
+        yield from self._tail
+
+    def _row(self, pos: int) -> dict[str, Any]:
+        cols = self._cols
+        if isinstance(cols, _ExactRows):
+            return cols.row(pos)
+        entry = {"key": cols.key[pos], "path": cols.path[pos]}
+        offset, length = int(cols.offset[pos]), int(cols.length[pos])
+        if offset >= 0:
+            entry["offset"] = offset
+        if length >= 0:
+            entry["length"] = length
+        return entry
+
+
 class Manifest:
     """A validated kvmap manifest document.
 
@@ -195,6 +256,61 @@ class Manifest:
                     return manifest
             document = parse_json(text, name)
             return cls._validated(_document_entries(document, name), url, name)
+
+    @classmethod
+    def from_references(
+        cls,
+        keys: Sequence[str],
+        paths: Sequence[str | None],
+        offsets: Sequence[int | None] | None = None,
+        lengths: Sequence[int | None] | None = None,
+        *,
+        before: Sequence[Any] = (),
+        after: Sequence[Any] = (),
+        url: Base = HERE,
+        name: str | None = None,
+    ) -> Manifest:
+        """The manifest of the entries ``before`` (JSON entry objects of any kind), then one
+        exact-key entry per reference: ``keys[i]`` → ``paths[i]`` (``None``: a whiteout) with
+        the window ``offsets[i]``/``lengths[i]`` (``None``: not set), then the entries
+        ``after``. Equal to
+        :meth:`from_json` of those entries as dicts, without a dict per reference: what
+        importers of large reference sets (kerchunk, parquet) build. ``url`` and errors as
+        for :meth:`from_json`; ``ValueError`` for columns of different lengths.
+
+        >>> m = Manifest.from_references(["c/0", "c/1"], ["f.nc", "f.nc"], [0, 8], [8, 8],
+        ...                              before=[{"key": "zarr.json", "json": {}}], url="s3://b/m.json")
+        >>> len(m), m.entries[2].to_json()
+        (3, {'key': 'c/1', 'path': 'f.nc', 'offset': 8, 'length': 8})
+        """
+        url, name = _base(url, name)
+        n = len(keys)
+        unset = msgspec.UNSET
+        offs = [unset] * n if offsets is None else [unset if v is None else v for v in offsets]
+        lens = [unset] * n if lengths is None else [unset if v is None else v for v in lengths]
+        if not len(paths) == len(offs) == len(lens) == n:
+            raise ValueError("keys, paths, offsets and lengths must have one value per reference")
+        with paused_gc():
+            head = [_copied(e) if type(e) is dict else e for e in before]
+            tail = [_copied(e) if type(e) is dict else e for e in after]
+            k = len(head)
+            cols = _checked_columns(range(k, k + n), list(keys), list(paths), offs, lens, url, typed=False)
+            others = None
+            if cols is not None:
+                indices = [*range(k), *range(k + n, k + n + len(tail))]
+                try:
+                    checked = _validate_one_by_one([*head, *tail], name, url)
+                    others = list(zip(indices, checked, strict=True))
+                except ManifestError:
+                    others = None  # the definition reports it, at its index
+            if cols is None or others is None:
+                rows = _Rows(head, _ExactRows(list(keys), list(paths), offs, lens), tail)
+                return cls._validated(list(rows), url, name)
+            self = object.__new__(cls)
+            self.url, self.name = url, name
+            self._raw = _Rows(head, cols, tail)  # type: ignore[assignment]
+            self._exact, self._others = cols, others
+            return self
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Manifest:

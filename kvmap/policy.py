@@ -44,7 +44,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from kvmap.errors import PolicyError
 from kvmap.url import PIPELINE_SEPARATOR, is_plain_name, split_name
@@ -131,9 +131,14 @@ def allow_prefixes(targets: Iterable[str], manifest: str | None) -> list[str]:
             local.add(place.segments[:-1])
         else:
             keep = 1 if place.scheme in _BUCKET_IN_PATH else 0
-            sites.add(_render(_Place(place.site, place.segments[:keep])))
+            sites.add(_render_url(_Place(place.site, place.segments[:keep])))
     kept = [d for d in local if not any(d[: len(o)] == o and d != o for o in local)]
-    return sorted(sites | {_render(_Place(f"{_LOCAL}://", d)) for d in kept})
+    return sorted(sites | {_render_url(_Place(f"{_LOCAL}://", d)) for d in kept})
+
+
+def _render_url(place: _Place) -> str:
+    """``place`` as a URL prefix one can pass back (its segments percent-encoded again)."""
+    return "/".join((place.site, *(quote(seg, safe="!$&'()*+,;=:@") for seg in place.segments), ""))
 
 
 @lru_cache(maxsize=1024)  # asked for every target a manifest names

@@ -34,9 +34,14 @@ def default_strip(entry: dict[str, Any]) -> int:
 
 def absolute(path: str, base: str | None) -> str:
     root, sep, rest = path.partition("|")
+    local = base is None or base.lower().startswith("file:")
+    if local and re.match(r"[A-Za-z]:[\\/]", root):  # spec 5.1: a drive path in a local document
+        return "file:///" + root.replace("\\", "/") + sep + rest
     if re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", root):  # spec 5.1: RFC 3986 scheme
         return path
-    assert base is not None
+    if base is None:  # spec 5.1: only an absolute OS path is allowed in a document without a URL
+        assert root.startswith("/") and not root.startswith("//"), root
+        return join("file:///", root) + sep + rest
     return join(base, root) + sep + rest
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from kvmap._gcpause import paused_gc
 from kvmap.errors import ConvertError
 from kvmap.manifest import Manifest
 from kvmap.url import PIPELINE_SEPARATOR, resolve_target
@@ -41,6 +42,11 @@ def exact_refs(manifest: Manifest, fmt: str) -> dict[str, Ref]:
     first) and a target that is a URL pipeline (``--materialize`` follows it to its bytes).
     ``fmt`` names the format in the message.
     """
+    with paused_gc():  # a million small tuples: collections on the way cost more than the work
+        return _exact_refs(manifest, fmt)
+
+
+def _exact_refs(manifest: Manifest, fmt: str) -> dict[str, Ref]:
     cols, entries = manifest.split()
     name = manifest.name or manifest.url
     absolute: dict[str, str] = {}
@@ -67,8 +73,17 @@ def exact_refs(manifest: Manifest, fmt: str) -> dict[str, Ref]:
     refs: dict[str, Ref] = {}
     offsets, lengths = cols.offset.tolist(), cols.length.tolist()
     if not entries:
-        for pos, (index, key, path) in enumerate(zip(cols.index, cols.key, cols.path, strict=True)):
-            _put(refs, key, index, path, offsets[pos], lengths[pos], url_of)
+        # The bulk of a large manifest: one tight pass, each distinct path resolved once.
+        urls = {p: None for p in cols.distinct_paths}
+        for index, path in zip(cols.index, cols.path, strict=True):
+            if path is not None and urls[path] is None:
+                urls[path] = url_of(path, index)
+        pop = refs.pop
+        for index, key, path, offset, length in zip(cols.index, cols.key, cols.path, offsets, lengths, strict=True):
+            if path is None:
+                pop(key, None)
+            else:
+                refs[key] = Ref(index, urls[path], None if offset < 0 else offset, None if length < 0 else length, None)
         return refs
     position = {index: pos for pos, index in enumerate(cols.index)}
     for index, j in ordered:

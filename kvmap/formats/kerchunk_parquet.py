@@ -87,11 +87,13 @@ import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 from urllib.parse import quote, unquote
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -249,10 +251,30 @@ def _load(url: str | None, display: str) -> Loading[Manifest | None]:
                 continue
             _record_entries(builder, array, table.slice(0, rows), r * record_size, doc, member, inline, bulk)
 
-    # One join: the inline entries first (never empty: .zmetadata is one), then the bulk text, whose
-    # every entry starts with its ",".
+    # The bulk text (every entry starts with its ",") decoded typed into columns, the inline
+    # entries before it: no dict per reference (Manifest.from_references).
+    try:
+        refs = _REFS.decode(b"".join([b"[", b"".join(bulk)[1:], b"]"])) if bulk else []
+    except msgspec.ValidationError:
+        refs = None  # a shape the columns do not hold: the general path below decides
+    if refs is not None:
+        keys, paths, offsets, lengths = (list(map(attrgetter(f), refs)) for f in ("key", "path", "offset", "length"))
+        before = [orjson.loads(e) for e in inline]
+        return Manifest.from_references(keys, paths, offsets, lengths, before=before, url=base, name=display)
     text = b"".join([b"[", b",".join(inline), *bulk, b"]"])
     return Manifest.loads(text, url=base, name=display)
+
+
+class _Ref(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """One bulk reference as the loader writes it."""
+
+    key: str
+    path: str | None
+    offset: int | None = None
+    length: int | None = None
+
+
+_REFS = msgspec.json.Decoder(list[_Ref])
 
 
 def _parse_header(header: bytes, codec: ModuleType, doc: _Document) -> tuple[dict[str, Any], int]:
