@@ -150,7 +150,8 @@ def _check_pipeline(text: str) -> None:
         try:
             kind = adapter_kind(a.name)
         except kvmap.PipelineError:
-            assert a.name not in ADAPTERS and a.name != ZIP, a
+            assert a.name not in ADAPTERS, a
+            assert a.name != ZIP, a
         else:
             assert kind == ("zip" if a.name == ZIP else "manifest"), a
     _round_trip(p)

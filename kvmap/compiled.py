@@ -206,7 +206,7 @@ class CompiledMap:
                 url = resolved[path] = resolve_target(base, path)
             return url
 
-        cols, entries = manifest.split()
+        _cols, entries = manifest.split()
         ranges = [(i, e) for i, e in entries if e.selector != "key"]
         self._ranges = [(i, e.range) for i, e in ranges]
         # Every range entry's target, winning or shadowed: what the manifest may read through.

@@ -33,7 +33,6 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter, itemgetter
-from pathlib import Path
 from typing import Annotated, Any, Literal, overload
 
 import msgspec
@@ -188,7 +187,7 @@ class _Rows(Sequence[Any]):
         cols = self._cols
         if isinstance(cols, _ExactRows):
             return cols.row(pos)
-        entry = {"key": cols.key[pos], "path": cols.path[pos]}
+        entry: dict[str, Any] = {"key": cols.key[pos], "path": cols.path[pos]}
         offset, length = int(cols.offset[pos]), int(cols.length[pos])
         if offset >= 0:
             entry["offset"] = offset

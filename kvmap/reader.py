@@ -48,7 +48,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import obstore
@@ -69,14 +68,13 @@ from kvmap.chain import (
 )
 from kvmap.compiled import CompiledMap, compile
 from kvmap.errors import PolicyError, TargetError, WriteError
+from kvmap.formats import Format, adapter_kind, for_adapter
 from kvmap.listing import List
 from kvmap.manifest import Manifest
-from kvmap.formats import Format, adapter_kind, for_adapter
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.places import place_url
 from kvmap.policy import Policy
 from kvmap.roots import RealPaths, Roots
-from kvmap.url import is_absolute
 
 if TYPE_CHECKING:
     from typing import TypeAlias

@@ -40,7 +40,8 @@ def absolute(path: str, base: str | None) -> str:
     if re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", root):  # spec 5.1: RFC 3986 scheme
         return path
     if base is None:  # spec 5.1: only an absolute OS path is allowed in a document without a URL
-        assert root.startswith("/") and not root.startswith("//"), root
+        assert root.startswith("/"), root
+        assert not root.startswith("//"), root
         return join("file:///", root) + sep + rest
     return join(base, root) + sep + rest
 

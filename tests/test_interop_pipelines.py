@@ -85,7 +85,8 @@ def test_convert_round_trips_kerchunk_json_and_parquet(
     b = kvmap.Reader(tmp_path / "final.json", allow=allow)
     keys = a.list_prefix_sync("")
     # The parquet form adds its consolidated metadata, .zmetadata, as fsspec serves it.
-    assert keys == [k for k in b.list_prefix_sync("") if k != ".zmetadata"] and len(keys) > 5
+    assert keys == [k for k in b.list_prefix_sync("") if k != ".zmetadata"]
+    assert len(keys) > 5
     assert a.get_many_sync(keys) == b.get_many_sync(keys)
 
 
@@ -107,14 +108,17 @@ def test_materialize_writes_one_reference_per_key_through_redirects(tmp_path: Pa
         text=True,
         check=False,
     )
-    assert refused.returncode == 1 and "entry 0" in refused.stderr and "--materialize" in refused.stderr
+    assert refused.returncode == 1
+    assert "entry 0" in refused.stderr
+    assert "--materialize" in refused.stderr
     assert not out.exists()
     done = kvmap.convert(m, out, target_format="kerchunk", materialize=True)
     assert done.entries == 4  # a/0, a/2, n, zarr.json: the whiteout and the redirect are gone
     written = json.loads(out.read_text())["refs"]
     assert written["a/0"] == [(tmp_path / "data" / "arr" / "0").as_uri()]
     assert written["n"] == [(tmp_path / "data" / "arr" / "2").as_uri(), 1, 2]
-    assert "a/1" not in written and json.loads(written["zarr.json"]) == {"zarr_format": 3, "node_type": "group"}
+    assert "a/1" not in written
+    assert json.loads(written["zarr.json"]) == {"zarr_format": 3, "node_type": "group"}
     back = kvmap.Reader(f"{out}|kerchunk:", allow=[f"{(tmp_path / 'data').as_uri()}/"])
     assert [back.get_sync(k) for k in ("a/0", "a/2", "n", "a/1")] == [b"\x00", b"\x02\x02\x02", b"\x02\x02", None]
 
@@ -131,5 +135,6 @@ def test_convert_to_kvstack_and_icechunk_by_name(
     kvmap.Manifest.from_json([{"prefix": "a/", "path": "x/"}], url=flat).save(flat)
     kvmap.convert(flat, tmp_path / "spec.json", target_format="kvstack")
     spec = json.loads((tmp_path / "spec.json").read_text())
-    assert spec["driver"] == "kvstack" and spec["layers"][-1]["strip_prefix"] == 2
+    assert spec["driver"] == "kvstack"
+    assert spec["layers"][-1]["strip_prefix"] == 2
     assert kvmap.convert(tmp_path / "spec.json", tmp_path / "back.json").source_format == "kvstack"

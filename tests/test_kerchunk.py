@@ -102,7 +102,8 @@ def test_version_0_and_1_value_forms_resolve_as_fsspec_reads_them(tmp_path: Path
     # One entry per reference: inline values first, then the [url, offset, length] references,
     # each group in document order (the bulk is built as columns).
     keys = [e.key for e in m.entries]
-    assert sorted(keys) == sorted(refs) and len(keys) == len(refs)
+    assert sorted(keys) == sorted(refs)
+    assert len(keys) == len(refs)
     windows = [k for k in refs if isinstance(refs[k], list) and len(refs[k]) == 3]
     assert [k for k in keys if k in windows] == windows
 

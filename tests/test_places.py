@@ -82,7 +82,8 @@ def test_a_manifest_built_without_url_resolves_against_the_directory_it_was_buil
     monkeypatch.chdir(tree.parent)  # captured when built, not when used
     assert kvmap.compile(m).resolve("a/0").url == (tree / "arr" / "0").as_uri()
     again = pickle.loads(pickle.dumps(m))
-    assert again.url == m.url and kvmap.compile(again).resolve("a/0") == kvmap.compile(m).resolve("a/0")
+    assert again.url == m.url
+    assert kvmap.compile(again).resolve("a/0") == kvmap.compile(m).resolve("a/0")
     assert kvmap.Reader(m).get_sync("a/0") == b"zero"  # the origin is where it was built
 
 
@@ -108,10 +109,12 @@ def test_drive_paths_name_local_files_only_in_local_documents(letter: str, parts
 def test_the_registry_is_the_one_place_formats_are_named() -> None:
     assert set(FORMATS) == {"kvmap", "chunk-manifest", "kerchunk", "kerchunk-parquet", "kvstack", "icechunk"}
     for name, fmt in ADAPTERS.items():
-        assert for_adapter(name) is fmt and fmt.loader is not None
-    with pytest.raises(kvmap.PipelineError, match="unknown URL adapter 'tar'.*kerchunk"):
+        assert for_adapter(name) is fmt
+        assert fmt.loader is not None
+    with pytest.raises(kvmap.PipelineError, match=r"unknown URL adapter 'tar'.*kerchunk"):
         for_adapter("tar")
-    assert for_suffix("out.parq").name == "kerchunk-parquet" and for_suffix("x.json").name == "kvmap"
+    assert for_suffix("out.parq").name == "kerchunk-parquet"
+    assert for_suffix("x.json").name == "kvmap"
     assert for_suffix("x.txt") is None
     # zarr's URL pipelines get one entry point per manifest adapter.
     points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["zarr.url_adapters"]
@@ -164,8 +167,11 @@ def test_a_document_in_another_format_says_what_it_looks_like(tree: Path, docume
     run = subprocess.run(
         [sys.executable, "-m", "kvmap", "validate", "other.json"], capture_output=True, text=True, check=False
     )
-    assert run.returncode == 1 and run.stderr.count("\n") == 1
-    assert "not a kvmap manifest" in run.stderr and says in run.stderr and "kvmap convert" in run.stderr
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1
+    assert "not a kvmap manifest" in run.stderr
+    assert says in run.stderr
+    assert "kvmap convert" in run.stderr
 
 
 def test_a_policy_error_names_every_prefix_the_manifest_needs(tmp_path: Path) -> None:
@@ -235,7 +241,9 @@ def test_convert_refuses_what_the_output_cannot_hold_naming_the_entry(tmp_path: 
         text=True,
         check=False,
     )
-    assert run.returncode == 1 and run.stderr.count("\n") == 1
-    assert "entry 1" in run.stderr and "--materialize" in run.stderr
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1
+    assert "entry 1" in run.stderr
+    assert "--materialize" in run.stderr
     assert not (tmp_path / "o.json").exists()  # nothing half-written
     assert os.listdir(tmp_path) == ["m.json"]

@@ -5,8 +5,10 @@ Icechunk) can hold: what every exporter starts from.
 ...                         {"key": "b", "data": "aGk="}, {"key": "a", "path": "g.nc"},
 ...                         {"key": "c", "path": "x"}, {"key": "c", "path": None}], url="s3://b/m.json")
 >>> refs = exact_refs(m, "kerchunk")
->>> refs["a"], refs["b"], "c" in refs
-(Ref(entry=2, url='s3://b/g.nc', offset=None, length=None, data=None), Ref(entry=1, url=None, offset=None, length=None, data=b'hi'), False)
+>>> refs["a"]
+Ref(entry=2, url='s3://b/g.nc', offset=None, length=None, data=None)
+>>> refs["b"], "c" in refs
+(Ref(entry=1, url=None, offset=None, length=None, data=b'hi'), False)
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _exact_refs(manifest: Manifest, fmt: str) -> dict[str, Ref]:
     offsets, lengths = cols.offset.tolist(), cols.length.tolist()
     if not entries:
         # The bulk of a large manifest: one tight pass, each distinct path resolved once.
-        urls = {p: None for p in cols.distinct_paths}
+        urls: dict[str, str | None] = dict.fromkeys(cols.distinct_paths)
         for index, path in zip(cols.index, cols.path, strict=True):
             if path is not None and urls[path] is None:
                 urls[path] = url_of(path, index)
