@@ -6,6 +6,8 @@ import gc
 import sys
 
 import bench_compile
+import bench_kerchunk
+import bench_kerchunk_parquet
 import bench_load
 import bench_local_read
 import bench_memory
@@ -23,6 +25,8 @@ SCRIPTS = (
     bench_local_read,
     bench_store,
     bench_memory,
+    bench_kerchunk,
+    bench_kerchunk_parquet,
 )
 
 
