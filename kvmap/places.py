@@ -3,9 +3,10 @@
 Everywhere a manifest or a target is named — the Python API and every CLI command — it may
 be written as a relative or absolute path, ``~/...``, a :class:`pathlib.Path`, a
 ``file://`` URL, any other URL, or a URL pipeline whose root is any of these. A path
-becomes the ``file://`` URL of its absolute form (percent-encoded: a path is literal
-text, so ``100%.json`` is the file of that name), against the working directory at the
-time of the call; URLs are kept as written. A trailing ``/`` (a directory) is kept. In a
+becomes the ``file://`` URL of its real path (made absolute against the working directory
+at the time of the call, symbolic links resolved as far as it exists, spec 11.5;
+percent-encoded: a path is literal text, so ``100%.json`` is the file of that name);
+URLs are kept as written. A trailing ``/`` (a directory) is kept. In a
 string, ``|`` separates a pipeline's adapters; a :class:`pathlib.Path` is never a pipeline.
 
 >>> place_url("s3://bucket/m.json|kvmap:")
@@ -45,11 +46,11 @@ def place_url(place: str | os.PathLike[str]) -> str:
 
 
 def path_url(path: str) -> str:
-    """The ``file://`` URL of the local ``path`` (``~`` expanded, made absolute against the
-    working directory, percent-encoded), keeping a trailing ``/``."""
+    """The ``file://`` URL of the local ``path`` (``~`` expanded, its real path: absolute, links
+    resolved; percent-encoded), keeping a trailing ``/``."""
     if not path:
         raise ValueError("an empty string names no place")
-    absolute = os.path.abspath(os.path.expanduser(path))
+    absolute = os.path.realpath(os.path.expanduser(path))
     url = Path(absolute).as_uri()
     directory = path.endswith(("/", os.sep)) or path in (".", "..", "~")
     return url + "/" if directory and not url.endswith("/") else url

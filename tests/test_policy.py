@@ -596,8 +596,9 @@ def test_an_in_memory_manifest_is_held_to_the_origin_of_its_url() -> None:
     with pytest.raises(kvmap.PolicyError):
         reader.get_sync("evil")
     assert roots.urls == [f"{world.home}data/ok"]
-    # Without a URL there is no origin: every target needs an allow prefix.
-    anonymous = kvmap.Reader(kvmap.Manifest.from_json([{"key": "ok", "path": f"{world.home}data/ok"}]))
+    # Without a URL (url=None; left out, it is the working directory) there is no origin: every
+    # target needs an allow prefix.
+    anonymous = kvmap.Reader(kvmap.Manifest.from_json([{"key": "ok", "path": f"{world.home}data/ok"}], url=None))
     with pytest.raises(kvmap.PolicyError, match=re.escape("origin (none)")):
         anonymous.get_sync("ok")
     assert bytes(kvmap.Reader(anonymous.target, allow=[world.home]).get_sync("ok")) == b"ok"
