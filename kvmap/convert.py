@@ -32,6 +32,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ from kvmap.chain import Location
 from kvmap.compiled import compile
 from kvmap.detect import looks_like
 from kvmap.errors import ConvertError, ManifestError, SaveError
-from kvmap.formats import FORMATS, Fetch, Format, for_adapter, for_suffix
+from kvmap.formats import ADAPTERS, FORMATS, Fetch, Format, for_adapter, for_suffix, load_kerchunk
+from kvmap.formats._refs import no_single_reference
 from kvmap.manifest import Manifest, parse_json, save_atomically
 from kvmap.pipeline import Pipeline
 from kvmap.places import place_url
@@ -97,18 +99,10 @@ def _load_detected(
 
 
 def _with_target(fmt: Format, target: str | None) -> Format:
+    """``fmt``, its loader given ``target`` (the URL of kerchunk references whose URL is null)."""
     if target is None or fmt.name not in ("kerchunk", "kerchunk-parquet"):
         return fmt
-    from kvmap.formats import kerchunk, kerchunk_parquet
-
-    def load(url: str | None) -> Generator[Fetch, bytes | None, Manifest | None]:
-        if url is None or not url.lower().endswith(".json"):
-            found = yield from kerchunk_parquet.load(url, target=target)
-            if found is not None:
-                return found
-        return (yield from kerchunk.load(url, target=target))
-
-    return replace(fmt, loader=load)
+    return replace(fmt, loader=partial(load_kerchunk, target=target))
 
 
 def _is_icechunk_repo(place: str | os.PathLike[str]) -> bool:
@@ -151,7 +145,7 @@ def read_manifest(
     reader = Reader(url, allow=allow, allow_all=allow_all, stores=stores)
     if source_format is not None:
         fmt = FORMATS[source_format]
-    elif pipe.adapters and pipe.adapters[-1].name in _manifest_adapters():
+    elif pipe.adapters and pipe.adapters[-1].name in ADAPTERS:
         fmt = for_adapter(pipe.adapters[-1].name)
     else:
         chosen: list[str] = []
@@ -160,12 +154,6 @@ def read_manifest(
         )
         return reader.manifest_sync(fmt), chosen[-1]
     return reader.manifest_sync(_with_target(fmt, target)), fmt.name
-
-
-def _manifest_adapters() -> set[str]:
-    from kvmap.formats import ADAPTERS
-
-    return set(ADAPTERS)
 
 
 def convert(
@@ -241,13 +229,7 @@ async def _references(
         if not materialize:
             for index, entry in entries:
                 if entry.selector != "key":
-                    raise ConvertError(
-                        f"a {entry.selector} entry has no form with one reference per key; "
-                        "--materialize lists its keys and writes one reference each",
-                        manifest=name,
-                        entry=index,
-                        field=entry.selector if entry.selector == "prefix" else "min",
-                    )
+                    raise no_single_reference(entry, index, name, "a reference format")
         keys = await reader.list_prefix("")
         out = await _followed(reader, manifest, keys, progress)
     lengths: dict[str, int] = {}

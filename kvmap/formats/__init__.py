@@ -36,6 +36,7 @@ __all__ = [
     "drive",
     "for_adapter",
     "for_suffix",
+    "load_kerchunk",
 ]
 
 #: The pipeline adapter that takes a member of a zip archive (not a manifest format).
@@ -81,16 +82,18 @@ def _load_chunk_manifest(url: str | None) -> Generator[Fetch, bytes | None, Mani
     return chunk_manifest(parse_json(bytes(text), url), url=url, name=url)
 
 
-def _load_kerchunk(url: str | None) -> Generator[Fetch, bytes | None, Manifest | None]:
+def load_kerchunk(url: str | None, *, target: str | None = None) -> Generator[Fetch, bytes | None, Manifest | None]:
+    """The loader of kerchunk references, JSON or a parquet directory (``target``: the URL of
+    references whose URL is null)."""
     from kvmap.formats import kerchunk, kerchunk_parquet
 
     # A parquet reference set is a directory holding .zmetadata; a .json name is never one, so
     # it costs no extra request.
     if url is None or not url.lower().endswith(".json"):
-        found = yield from kerchunk_parquet.load(url)
+        found = yield from kerchunk_parquet.load(url, target=target)
         if found is not None:
             return found
-    return (yield from kerchunk.load(url))
+    return (yield from kerchunk.load(url, target=target))
 
 
 def _load_kvstack(url: str | None) -> Generator[Fetch, bytes | None, Manifest | None]:
@@ -142,13 +145,13 @@ FORMATS: dict[str, Format] = {
             _write_chunk_manifest,
         ),
         # One adapter for both kerchunk forms: the loader tells JSON from a parquet directory.
-        Format("kerchunk", "kerchunk references, JSON (v0 or v1)", ("kerchunk",), (), _load_kerchunk, _write_kerchunk),
+        Format("kerchunk", "kerchunk references, JSON (v0 or v1)", ("kerchunk",), (), load_kerchunk, _write_kerchunk),
         Format(
             "kerchunk-parquet",
             "kerchunk references, parquet directory (fsspec's LazyReferenceMapper)",
             (),
             (".parq", ".parquet"),
-            _load_kerchunk,
+            load_kerchunk,
             _write_kerchunk_parquet,
         ),
         Format("kvstack", "tensorstore kvstack spec (JSON)", ("kvstack",), (), _load_kvstack, _write_kvstack),

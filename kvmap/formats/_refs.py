@@ -17,11 +17,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from kvmap._gcpause import paused_gc
+from kvmap.entries import Entry
 from kvmap.errors import ConvertError
 from kvmap.manifest import Manifest
 from kvmap.url import PIPELINE_SEPARATOR, resolve_target
 
-__all__ = ["Ref", "exact_refs"]
+__all__ = ["Ref", "exact_refs", "no_single_reference"]
 
 
 class Ref(NamedTuple):
@@ -95,19 +96,24 @@ def _exact_refs(manifest: Manifest, fmt: str) -> dict[str, Ref]:
             continue
         entry = entries[j][1]
         if entry.selector != "key":
-            raise ConvertError(
-                f"{fmt} holds one reference per key; a {entry.selector} entry has none "
-                "(kvmap convert --materialize lists its keys)",
-                manifest=name,
-                entry=index,
-                field=entry.selector if entry.selector == "prefix" else "min",
-            )
+            raise no_single_reference(entry, index, name, fmt)
         if entry.data is not None:
             refs.pop(entry.key, None)
             refs[entry.key] = Ref(index, None, None, None, entry.data)
         else:
             _put(refs, entry.key, index, entry.path, entry.offset, entry.length, url_of)
     return refs
+
+
+def no_single_reference(entry: Entry, index: int, name: str | None, fmt: str) -> ConvertError:
+    """The error for prefix or range entry ``entry`` (at ``index``), which ``fmt`` cannot hold."""
+    return ConvertError(
+        f"{fmt} holds one reference per key; a {entry.selector} entry has none "
+        "(kvmap convert --materialize lists its keys)",
+        manifest=name,
+        entry=index,
+        field=entry.selector if entry.selector == "prefix" else "min",
+    )
 
 
 def _put(
