@@ -284,9 +284,7 @@ class Manifest:
         """
         url, name = _base(url, name)
         n = len(keys)
-        unset = msgspec.UNSET
-        offs = [unset] * n if offsets is None else [unset if v is None else v for v in offsets]
-        lens = [unset] * n if lengths is None else [unset if v is None else v for v in lengths]
+        offs, lens = (_unset_for_none(v, n) for v in (offsets, lengths))
         if not len(paths) == len(offs) == len(lens) == n:
             raise ValueError("keys, paths, offsets and lengths must have one value per reference")
         with paused_gc():
@@ -790,6 +788,15 @@ def _checked_columns(
     ):
         return None
     return ExactColumns(index, keys, paths, offset_array, length_array, distinct_paths)
+
+
+def _unset_for_none(values: Sequence[int | None] | None, n: int) -> list[Any]:
+    """``values`` as a list, ``msgspec.UNSET`` where a value is ``None`` (all, for ``None``)."""
+    if values is None:
+        return [msgspec.UNSET] * n
+    if None not in values:  # one C-speed scan; the usual case has every window
+        return list(values)
+    return [msgspec.UNSET if v is None else v for v in values]
 
 
 def _window_array(values: list[Any], typed: bool = False) -> npt.NDArray[np.int64] | None:

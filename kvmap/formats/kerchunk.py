@@ -104,6 +104,8 @@ import math
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress, repeat
+from operator import and_, eq, is_, not_
 from typing import Any, NoReturn
 from urllib.parse import quote, unquote
 
@@ -223,35 +225,23 @@ def from_kerchunk(
         )
     with paused_gc():
         reader = _Reader(name, refs, templates, target)
-        entries = reader.references()
-        gen_starts: list[int] = []
-        if gens:
-            gen_starts = reader.generate(gens, entries, max_keys)
         try:
-            return _bulk_manifest(entries, len(refs), url, name)
+            keys, paths, offsets, lengths, others = reader.columns()
+            made: list[dict[str, Any]] = []
+            if gens:
+                reader.generate(gens, made, max_keys)
+            # A document's keys are distinct, so its other values may go first; gen keys stay last.
+            return Manifest.from_references(
+                keys, paths, offsets, lengths, before=others, after=made, url=url, name=name
+            )
         except ManifestError:
             pass  # the entry-by-entry path below names the reference or gen item at fault
+        entries = reader.references()
+        gen_starts = reader.generate(gens, entries, max_keys) if gens else []
         try:
             return Manifest.from_json(entries, url, name=name)
         except ManifestError as exc:
             raise reader.located(exc, entries, gen_starts) from None
-
-
-def _bulk_manifest(entries: list[dict[str, Any]], n_refs: int, url: str | None, name: str | None) -> Manifest:
-    """The manifest of ``entries``, the ``[url, offset, length]`` references of ``refs`` (its
-    first ``n_refs``) as columns (:meth:`Manifest.from_references`), after its other
-    entries, and the entries ``gen`` made after all of them. Moving a document's inline
-    values first changes nothing: its keys are distinct; ``gen`` keys still come last."""
-    refs, made = entries[:n_refs], entries[n_refs:]
-    plain = [len(e) == 4 and "offset" in e for e in refs]
-    if not any(plain):
-        return Manifest.from_json(entries, url, name=name)
-    bulk = list(itertools.compress(refs, plain))
-    before = [e for e, p in zip(refs, plain, strict=True) if not p]
-    keys, paths, offsets, lengths = (
-        list(map(operator.itemgetter(f), bulk)) for f in ("key", "path", "offset", "length")
-    )
-    return Manifest.from_references(keys, paths, offsets, lengths, before=before, after=made, url=url, name=name)
 
 
 def load(url: str | None, *, target: str | None = None, max_keys: int = DEFAULT_MAX_KEYS) -> Loading[Manifest | None]:
@@ -273,7 +263,10 @@ def load(url: str | None, *, target: str | None = None, max_keys: int = DEFAULT_
         return None
     with paused_gc():
         document = parse_json(text if isinstance(text, bytes | str) else bytes(text), url)
-        return from_kerchunk(document, url, target=target, max_keys=max_keys)
+        manifest = from_kerchunk(document, url, target=target, max_keys=max_keys)
+        # Freed before the collector resumes: its first pass would walk a million lists.
+        del document
+    return manifest
 
 
 def looks_like_kerchunk(document: Any) -> bool:
@@ -341,33 +334,39 @@ class _Reader:
 
     # -- references -------------------------------------------------------------------------
 
-    def references(self) -> list[dict[str, Any]]:
-        """One kvmap entry per reference, in document order."""
-        entries: list[dict[str, Any]] = []
-        append = entries.append
-        paths: dict[Any, str] = {}
-        get = paths.get
-        url_of = self.url
+    def columns(self) -> tuple[list[Any], list[str], list[Any], list[Any], list[dict[str, Any]]]:
+        """The ``[url, offset, length]`` references as columns (keys, kvmap paths, offsets,
+        lengths; in document order, values unchecked), and the entries of all others.
+
+        Raises :class:`~kvmap.ManifestError` when anything is wrong, not always naming the
+        reference: :meth:`references` then says which.
+        """
+        keys, values = list(self.refs), list(self.refs.values())
+        known: dict[Any, str] = {}
+        # One dict, or even one Python-level step, per reference would cost more than the
+        # parse: the columns come from the parsed lists through map() at C speed, and each
+        # distinct URL is mapped once.
         try:
-            # The bulk of a document: [url, offset, length] with a URL seen before. Anything
-            # else (and a first URL) takes the careful path; an unhashable URL raises
-            # TypeError, and the careful loop below then says what is wrong.
-            for key, value in self.refs.items():
-                if type(value) is list:
-                    try:
-                        url, offset, length = value
-                    except ValueError:  # [url], or not a reference
-                        append(self.other(key, value, paths))
-                        continue
-                    path = get(url)
-                    if path is None:
-                        path = paths[url] = url_of(key, url)
-                    append({"key": key, "path": path, "offset": offset, "length": length})
-                else:
-                    append(self.other(key, value, paths))
+            is_ref = list(map(and_, map(is_, map(type, values), repeat(list)), map(eq, map(len, values), repeat(3))))
+        except TypeError:  # a value without a length (a number, null): not a reference
+            is_ref = [type(v) is list and len(v) == 3 for v in values]
+        others: list[dict[str, Any]] = []
+        if not all(is_ref):
+            others = [self.other(keys[i], values[i], known) for i in compress(range(len(keys)), map(not_, is_ref))]
+            keys, values = list(compress(keys, is_ref)), list(compress(values, is_ref))
+        urls, offsets, lengths = (list(map(operator.itemgetter(i), values)) for i in range(3))
+        try:
+            distinct = set(urls)
         except TypeError:
-            entries = [self.other(key, value, paths) for key, value in self.refs.items()]
-        return entries
+            raise ManifestError("a reference's URL is not a string", manifest=self.name, field="url") from None
+        paths_of = {u: known[u] if u in known else self.url(None, u) for u in distinct}
+        return keys, list(map(paths_of.__getitem__, urls)), offsets, lengths, others
+
+    def references(self) -> list[dict[str, Any]]:
+        """One kvmap entry per reference, in document order (the careful path: errors name
+        the reference)."""
+        paths: dict[Any, str] = {}
+        return [self.other(key, value, paths) for key, value in self.refs.items()]
 
     def other(self, key: Any, value: Any, paths: dict[Any, str]) -> dict[str, Any]:
         """The entry of one reference of any shape."""
