@@ -33,7 +33,7 @@ import fsspec
 from _common import VARIABLES, Row, chunk_refs, parse_args, print_report, run_trials, time_call
 
 import kvmap
-from kvmap.formats._fetch import drive
+from kvmap.fetch import drive
 from kvmap.formats.kerchunk import dumps_kerchunk, load
 
 TARGET = 1.0

@@ -14,6 +14,7 @@ import bench_memory
 import bench_read
 import bench_resolve
 import bench_resolve_many
+import bench_scale
 import bench_store
 
 SCRIPTS = (
@@ -27,6 +28,7 @@ SCRIPTS = (
     bench_memory,
     bench_kerchunk,
     bench_kerchunk_parquet,
+    bench_scale,
 )
 
 

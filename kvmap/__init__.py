@@ -31,6 +31,7 @@ from kvmap.errors import (
     TargetError,
     WriteError,
 )
+from kvmap.keymap import KeyMap
 from kvmap.keyrange import KeyRange
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
@@ -51,6 +52,7 @@ __all__ = [
     "Hop",
     "InvalidKeyError",
     "KVMapStore",
+    "KeyMap",
     "KeyRange",
     "KvmapError",
     "Location",

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field, replace
@@ -48,7 +49,9 @@ from kvmap.errors import (
     ResolveError,
     TargetError,
 )
+from kvmap.fetch import Loading
 from kvmap.formats import Fetch, Format, adapter_kind, for_adapter
+from kvmap.keymap import KeyMap
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy, allow_prefixes
@@ -80,6 +83,7 @@ DEFAULT_MAX_MANIFEST_BYTES = 2 << 30
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 # Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, 0.8 us a
@@ -281,6 +285,7 @@ class Chain:
         "_deciding",
         "_decisions",
         "_folders",
+        "_located",
         "_maps",
         "_offsets",
         "_zips",
@@ -303,8 +308,10 @@ class Chain:
         self.max_manifest_bytes = max_manifest_bytes
         #: The caller's top manifest, once loaded: ``(map, document URL, key prefix, hops it took)``,
         #: what :meth:`plan` resolves in. Dropped by :meth:`forget` with every other cache.
-        self.top: tuple[CompiledMap, str, str, int] | None = None
-        self._maps: _Bounded[tuple[str, Location, str], CompiledMap] = _Bounded(cache_size)
+        self.top: tuple[KeyMap, str, str, int] | None = None
+        self._maps: _Bounded[tuple[str, Location, str], KeyMap] = _Bounded(cache_size)
+        # Where each map that reads as it goes (not a CompiledMap) reads from: its document.
+        self._located: weakref.WeakKeyDictionary[KeyMap, Location] = weakref.WeakKeyDictionary()
         self._zips: _Bounded[Location, tuple[ZipIndex, Location]] = _Bounded(cache_size)
         self._offsets: _Bounded[tuple[Location, str], int] = _Bounded(cache_size * 64)
         # Decisions, as their confinement ("" for none), and per directory a test for the siblings
@@ -323,14 +330,14 @@ class Chain:
         confinement of the decision that allowed the target (:meth:`check`), if not the caller's."""
         return self._walk(target, None, walk, suffix, inside)
 
-    def step(self, cm: CompiledMap, doc: str, key: str, walk: Walk) -> Generator[Read, Any, Location | None]:
+    def step(self, cm: KeyMap, doc: str, key: str, walk: Walk) -> Generator[Read, Any, Location | None]:
         """Resolve ``key`` in the compiled manifest ``cm`` found at ``doc``, and follow it."""
         return self._walk(None, (cm, doc, key), walk, "", None)
 
     def _walk(
         self,
         target: Pipeline | None,
-        start: tuple[CompiledMap, str, str] | None,
+        start: tuple[KeyMap, str, str] | None,
         walk: Walk,
         suffix: str,
         inside: str | None,
@@ -350,9 +357,18 @@ class Chain:
                 # One manifest hop: resolve, record, and either end here or start the target's pipeline.
                 cm, doc, key = lookup
                 lookup = None
-                res = cm.resolve(key)
+                if isinstance(cm, CompiledMap):
+                    res = cm.resolve(key)
+                else:
+                    res = yield from self.ask(cm, cm.resolve_io(key), walk)
                 if res is None:
-                    hop = Hop(doc, key, cm.explain(key).winner if walk.explain else None, None)
+                    winner = None
+                    if walk.explain:
+                        explained = cm.explain(key) if isinstance(cm, CompiledMap) else None
+                        if explained is None:
+                            explained = yield from self.ask(cm, cm.explain_io(key), walk)
+                        winner = explained.winner
+                    hop = Hop(doc, key, winner, None)
                 else:
                     hop = Hop(doc, key, res.entry, res.url, res.offset, res.length, res.data is not None)
                 self._enter(hop, walk)
@@ -372,7 +388,10 @@ class Chain:
                     if frame is not None:
                         stack.append(frame)
                     # An exact entry that names an object asserts that it exists (spec 11.3).
-                    walk.strict = cm.is_exact(key)
+                    if isinstance(cm, CompiledMap):
+                        walk.strict = cm.is_exact(key)
+                    else:
+                        walk.strict = yield from self.ask(cm, cm.is_exact_io(key), walk)
                     frame = _Frame(pipe, res, "", doc, walk.strict)
                     loc = Location(pipe.root, inside=inside)
                     continue
@@ -426,7 +445,13 @@ class Chain:
         cm, doc, path, hops = top
         if hops >= self.max_depth:
             return None
-        res = cm.resolve(path + key)
+        if isinstance(cm, CompiledMap):
+            res = cm.resolve(path + key)
+        else:
+            known = cm.known(path + key)
+            if known is None:
+                return None  # the map would have to read: the walk does that
+            res = known[0]
         if res is None:
             return None, None
         if res.data is not None:
@@ -451,7 +476,12 @@ class Chain:
     def strict(self, key: str) -> bool:
         """Whether a missing object for ``key``, read by :meth:`plan`, is a dangling reference."""
         top = self.top
-        return top is not None and top[0].is_exact(top[2] + key)
+        if top is None:
+            return False
+        if isinstance(top[0], CompiledMap):
+            return top[0].is_exact(top[2] + key)
+        known = top[0].known(top[2] + key)
+        return known is None or known[1]  # not known (any more): the walk decides
 
     def _enter(self, hop: Hop, walk: Walk) -> None:
         for seen in walk.hops:
@@ -513,10 +543,11 @@ class Chain:
 
     def manifest(
         self, loc: Location, doc: str, adapter: str, walk: Walk, *, required: bool
-    ) -> Generator[Read, Any, CompiledMap | None]:
+    ) -> Generator[Read, Any, KeyMap | None]:
         """The manifest at ``loc`` (document URL ``doc``), read in the format the pipeline
-        adapter ``adapter`` names (:mod:`kvmap.formats`), compiled and cached. ``None`` if
-        it does not exist, unless ``required``."""
+        adapter ``adapter`` names (:mod:`kvmap.formats`), as a map (opened by the format's
+        opener, which may read only part of it, or loaded whole and compiled), cached.
+        ``None`` if it does not exist, unless ``required``."""
         fmt = for_adapter(adapter)
         # The document URL is part of the identity: equal bytes found at two places (inflated
         # zip members) resolve their relative paths differently.
@@ -524,13 +555,21 @@ class Chain:
         cached = self._maps.get(ident)
         if cached is not None:
             return cached
-        manifest = yield from self.load(loc, doc, fmt, walk, required=required)
-        if manifest is None:
+        found: KeyMap | Manifest | None
+        if fmt.opener is not None:
+            found = yield from self._serve(loc, fmt.opener(doc), walk)
+            if found is None:
+                self._missing(doc, walk, required=required)
+        else:
+            found = yield from self.load(loc, doc, fmt, walk, required=required)
+        if found is None:
             return None
-        cached = self._maps.get(ident)  # another walk of a batch may have compiled it meanwhile
+        cached = self._maps.get(ident)  # another walk of a batch may have opened it meanwhile
         if cached is not None:
             return cached
-        cm = compile(manifest)
+        cm = compile(found) if isinstance(found, Manifest) else found
+        if not isinstance(cm, CompiledMap):
+            self._located[cm] = loc
         self._maps.put(ident, cm)
         return cm
 
@@ -542,20 +581,33 @@ class Chain:
         unless ``required``."""
         if fmt.loader is None:
             raise PipelineError(f"{doc}: kvmap does not read {fmt.description} through pipelines")
-        loading = fmt.loader(doc)
+        manifest = yield from self._serve(loc, fmt.loader(doc), walk)
+        if manifest is None:
+            self._missing(doc, walk, required=required)
+        return manifest
+
+    def _missing(self, doc: str, walk: Walk, *, required: bool) -> None:
+        if walk.strict:
+            self._absent(walk, doc, "manifest")
+        if required:
+            raise TargetError("manifest not found", key=walk.key, url=doc)
+
+    def ask(self, m: KeyMap, lookup: Loading[T], walk: Walk) -> Generator[Read, Any, T]:
+        """The answer of ``lookup``, a lookup of the map ``m`` this chain opened (its reads
+        are made of ``m``'s document, as every manifest read is)."""
+        return (yield from self._serve(self._located[m], lookup, walk))
+
+    def _serve(self, loc: Location, loading: Loading[T], walk: Walk) -> Generator[Read, Any, T]:
+        """Run ``loading`` (a loader, an opener or a lookup) to its end, answering each of its
+        fetches by reading the document at ``loc``."""
         try:
             request = next(loading)
             while True:
                 data = yield from self._fetched(loc, request, walk)
                 request = loading.send(data)
         except StopIteration as stop:
-            manifest: Manifest | None = stop.value
-        if manifest is None:
-            if walk.strict:
-                self._absent(walk, doc, "manifest")
-            if required:
-                raise TargetError("manifest not found", key=walk.key, url=doc)
-        return manifest
+            result: T = stop.value
+            return result
 
     def _fetched(self, loc: Location, fetch: Fetch, walk: Walk) -> Generator[Read, Any, bytes | None]:
         """What a format loader asked for (:class:`~kvmap.formats.Fetch`) of the document at

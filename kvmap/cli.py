@@ -83,8 +83,7 @@ def _resolution_json(key: str, r: Resolution | None) -> dict[str, object]:
 
 
 def _cmd_resolve(args: argparse.Namespace) -> int:
-    _, cm, prefix = _load(args)
-    found = cm.resolve_many([prefix + k for k in args.keys])
+    found = _reader(args).resolve_sync(args.keys)  # a columnar manifest: only the blocks needed
     for key, r in zip(args.keys, found, strict=True):
         if args.json:
             print(json.dumps(_resolution_json(key, r), ensure_ascii=False))

@@ -4,9 +4,11 @@ The input is read through a :class:`~kvmap.Reader`, so it may be a path or any U
 reads, and the policy applies to everything it follows. Its format is ``source_format``
 (a :data:`kvmap.formats.FORMATS` name), the one its pipeline's last adapter names
 (``refs.json|kerchunk:``), or what its content looks like (:mod:`kvmap.detect`: a
-directory holding ``.zmetadata`` is kerchunk parquet; an Icechunk repository is one).
+directory holding ``.zmetadata`` is kerchunk parquet; a parquet file is a columnar kvmap
+manifest; an Icechunk repository is one).
 The output's format is ``target_format``, or what its name ends in (``.parq`` →
-kerchunk parquet, ``.icechunk`` → an Icechunk repository), else kvmap's own.
+kerchunk parquet, ``.kvmap.parquet`` → a columnar kvmap manifest, ``.icechunk`` → an
+Icechunk repository), else kvmap's own.
 
 Reference formats (kerchunk, kerchunk parquet, chunk manifests, Icechunk) hold one
 reference per key. On the way there, an exact entry whose target is a URL pipeline
@@ -40,7 +42,7 @@ from kvmap.chain import Location
 from kvmap.compiled import compile
 from kvmap.detect import looks_like
 from kvmap.errors import ConvertError, ManifestError, SaveError
-from kvmap.formats import ADAPTERS, FORMATS, Fetch, Format, for_adapter, for_suffix, load_kerchunk
+from kvmap.formats import ADAPTERS, FORMATS, Fetch, Format, drive, for_adapter, for_suffix, load_kerchunk
 from kvmap.formats._refs import no_single_reference
 from kvmap.manifest import Manifest, parse_json, save_atomically
 from kvmap.pipeline import Pipeline
@@ -86,6 +88,11 @@ def _load_detected(
     text = yield Fetch()
     if text is None:
         return None
+    if bytes(text[:4]) == b"PAR1":
+        from kvmap.formats.kvmap_parquet import load_kvmap_parquet
+
+        chosen.append("kvmap-parquet")
+        return drive(load_kvmap_parquet(url), lambda _name: bytes(text))
     document = parse_json(text, url)
     kind = looks_like(document)
     chosen.append(kind or "kvmap")

@@ -43,6 +43,7 @@ from kvmap.chain import Chain, Location, Read, Walk
 from kvmap.compiled import CompiledMap, RangeTarget
 from kvmap.errors import ChainError, PipelineError, ResolveError
 from kvmap.formats import adapter_kind
+from kvmap.keymap import KeyMap
 from kvmap.keyrange import KeyRange, key_successor, prefix_range, range_common_prefix_length
 from kvmap.pipeline import Pipeline
 from kvmap.zipindex import ZipIndex
@@ -74,7 +75,7 @@ class List:
 _Lister = Generator[Read | List, Any, Any]
 
 
-def keys(chain: Chain, cm: CompiledMap, doc: str, prefix: str, *, limit: int | None = None, depth: int = 0) -> _Lister:
+def keys(chain: Chain, cm: KeyMap, doc: str, prefix: str, *, limit: int | None = None, depth: int = 0) -> _Lister:
     """The keys of the manifest ``cm`` (found at ``doc``) that start with ``prefix``, sorted.
 
     With ``limit``, the listing may stop once it has that many keys (it returns the
@@ -82,8 +83,8 @@ def keys(chain: Chain, cm: CompiledMap, doc: str, prefix: str, *, limit: int | N
     reach, :class:`~kvmap.ChainError` past ``chain.max_depth`` nested manifests.
     """
     _deep(chain, doc, depth)
-    found = cm.exact_keys(prefix)
-    for piece in cm.range_targets(prefix_range(prefix)):
+    found = yield from _exact_keys(chain, cm, prefix)
+    for piece in (yield from _range_targets(chain, cm, prefix_range(prefix))):
         if limit is not None and len(found) >= limit:
             break
         found += yield from _piece_keys(chain, cm, doc, piece, limit, depth)
@@ -91,13 +92,13 @@ def keys(chain: Chain, cm: CompiledMap, doc: str, prefix: str, *, limit: int | N
     return found if limit is None else found[:limit]
 
 
-def children(chain: Chain, cm: CompiledMap, doc: str, directory: str, *, depth: int = 0) -> _Lister:
+def children(chain: Chain, cm: KeyMap, doc: str, directory: str, *, depth: int = 0) -> _Lister:
     """The immediate child names below ``directory`` (``""`` or ending in ``/``) in the
     manifest ``cm``'s namespace, sorted: ``name`` where some key is ``directory + name``
     or starts with ``directory + name + "/"``. Raises as :func:`keys` does."""
     _deep(chain, doc, depth)
-    found = {_first_segment(k, directory) for k in cm.exact_keys(directory)}
-    for piece in cm.range_targets(prefix_range(directory)):
+    found = {_first_segment(k, directory) for k in (yield from _exact_keys(chain, cm, directory))}
+    for piece in (yield from _range_targets(chain, cm, prefix_range(directory))):
         common = piece.min[: range_common_prefix_length(piece.min, piece.max)]
         below = common[len(directory) :]
         if "/" in below:  # the whole piece lies below one child: does it hold any key?
@@ -108,7 +109,7 @@ def children(chain: Chain, cm: CompiledMap, doc: str, directory: str, *, depth: 
             # The piece is all of the directory: list one level of its target's directory.
             names = yield from _target_children(chain, doc, piece, directory[piece.strip :], depth)
             for name in names - found:
-                if not cm.exact_keys(directory + name, whiteouts=True) or (
+                if not (yield from _exact_keys(chain, cm, directory + name, whiteouts=True)) or (
                     yield from _holds_child(chain, cm, doc, piece, directory + name, depth)
                 ):
                     found.add(name)
@@ -118,7 +119,7 @@ def children(chain: Chain, cm: CompiledMap, doc: str, directory: str, *, depth: 
     return sorted(found)
 
 
-def _holds_child(chain: Chain, cm: CompiledMap, doc: str, piece: RangeTarget, child: str, depth: int) -> _Lister:
+def _holds_child(chain: Chain, cm: KeyMap, doc: str, piece: RangeTarget, child: str, depth: int) -> _Lister:
     """Whether ``piece`` holds the key ``child`` or a key below ``child + "/"`` — asked
     when exact entries (whiteouts) may hide what the target lists there."""
     for part in (KeyRange(child, key_successor(child)), prefix_range(child + "/")):
@@ -130,7 +131,7 @@ def _holds_child(chain: Chain, cm: CompiledMap, doc: str, piece: RangeTarget, ch
     return False
 
 
-def _piece_keys(chain: Chain, cm: CompiledMap, doc: str, piece: RangeTarget, limit: int | None, depth: int) -> _Lister:
+def _piece_keys(chain: Chain, cm: KeyMap, doc: str, piece: RangeTarget, limit: int | None, depth: int) -> _Lister:
     """The keys of one range piece whose targets exist and that no exact entry decides."""
     strip = piece.strip
     common = piece.min[: range_common_prefix_length(piece.min, piece.max)]
@@ -139,12 +140,40 @@ def _piece_keys(chain: Chain, cm: CompiledMap, doc: str, piece: RangeTarget, lim
     # Asking for one more than needed lets a name that maps outside the piece be skipped.
     want = None if limit is None else limit + 1
     names = yield from _target_keys(chain, doc, piece.entry, piece.url, rest, want, depth)
-    found = [k for k in (head + n for n in names) if rng.contains(k) and not cm.is_exact(k)]
+    found = yield from _not_exact(chain, cm, [k for k in (head + n for n in names) if rng.contains(k)])
     if limit is not None and len(found) < limit and want is not None and len(names) >= want:
         # Everything that came back was filtered out: list it all (rare, and exact).
         names = yield from _target_keys(chain, doc, piece.entry, piece.url, rest, None, depth)
-        found = [k for k in (head + n for n in names) if rng.contains(k) and not cm.is_exact(k)]
+        found = yield from _not_exact(chain, cm, [k for k in (head + n for n in names) if rng.contains(k)])
     return found
+
+
+# The map's answers: at once from a map in memory, through the chain's reads from one that
+# reads as it goes (kvmap.keymap).
+
+
+def _exact_keys(chain: Chain, cm: KeyMap, prefix: str, *, whiteouts: bool = False) -> _Lister:
+    if isinstance(cm, CompiledMap):
+        return cm.exact_keys(prefix, whiteouts=whiteouts)
+    return (yield from chain.ask(cm, cm.exact_keys_io(prefix, whiteouts=whiteouts), Walk(None)))
+
+
+def _range_targets(chain: Chain, cm: KeyMap, within: KeyRange) -> _Lister:
+    if isinstance(cm, CompiledMap):
+        return list(cm.range_targets(within))
+    return (yield from chain.ask(cm, cm.range_targets_io(within), Walk(None)))
+
+
+def _not_exact(chain: Chain, cm: KeyMap, keys: list[str]) -> _Lister:
+    """The ``keys`` that no exact entry of ``cm`` decides."""
+    if isinstance(cm, CompiledMap):
+        return [k for k in keys if not cm.is_exact(k)]
+    walk = Walk(None)
+    out = []
+    for k in keys:
+        if not (yield from chain.ask(cm, cm.is_exact_io(k), walk)):
+            out.append(k)
+    return out
 
 
 class _Space(NamedTuple):
@@ -155,7 +184,7 @@ class _Space(NamedTuple):
     kind: str
     url: str = ""
     path: str = ""
-    cm: CompiledMap | None = None
+    cm: KeyMap | None = None
     doc: str = ""
     zip: ZipIndex | None = None
     inside: str | None = None

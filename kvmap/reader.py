@@ -66,9 +66,10 @@ from kvmap.chain import (
     Walk,
     describe,
 )
-from kvmap.compiled import CompiledMap, compile
+from kvmap.compiled import CompiledMap, Resolution, compile
 from kvmap.errors import PolicyError, TargetError, WriteError
 from kvmap.formats import Format, adapter_kind, for_adapter
+from kvmap.keymap import KeyMap
 from kvmap.listing import List
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Adapter, Pipeline
@@ -258,7 +259,14 @@ class Reader:
             return None
         return (yield from self.chain.read_size(loc, walk))
 
-    def _namespace(self) -> _Lister[tuple[CompiledMap, str, str, int]]:
+    def _resolve(self, keys: Sequence[str]) -> _Lister[list[Resolution | None]]:
+        cm, _, path, _ = yield from self._namespace()
+        full = [path + k for k in keys]
+        if isinstance(cm, CompiledMap):
+            return cm.resolve_many(full)
+        return (yield from self.chain.ask(cm, cm.resolve_many_io(full), Walk(None)))
+
+    def _namespace(self) -> _Lister[tuple[KeyMap, str, str, int]]:
         """The top manifest, its document URL, the key prefix the target gives in it, and the
         manifest hops it took to reach it."""
         if self._map is not None:
@@ -345,6 +353,12 @@ class Reader:
     ) -> list[Data | None]:
         """``[await get(k, r) for k, r in ...]`` in input order, with the reads grouped by object."""
         return await self._drive_many(self._get_all(keys, byte_ranges))
+
+    async def resolve(self, keys: Sequence[str]) -> list[Resolution | None]:
+        """What each key resolves to in the target's own manifest (its first hop, not
+        followed), in input order; reads only what that manifest needs (a columnar one:
+        the blocks holding the keys)."""
+        return await self._drive(self._resolve(keys))
 
     async def locate(self, key: str) -> Location | None:
         """Where ``key``'s bytes are, after every hop (``None``: absent); reads only manifests."""
@@ -481,6 +495,10 @@ class Reader:
             groups = _group(pending)
             _answer(pending, results, groups, [self._read_group_sync(url, reads) for url, reads in groups.items()])
         return results
+
+    def resolve_sync(self, keys: Sequence[str]) -> list[Resolution | None]:
+        """:meth:`resolve`, with blocking I/O."""
+        return self._drive_sync(self._resolve(keys))
 
     def locate_sync(self, key: str) -> Location | None:
         """:meth:`locate`, with blocking I/O."""

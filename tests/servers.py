@@ -88,6 +88,23 @@ class S3Server:
         self._moto: ThreadedMotoServer = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
         self._moto.start()
         self._stopped = False
+        # Every request, recorded by a WSGI layer around moto's application (werkzeug's server
+        # calls ``server.app`` per request): what tests count requests and ranges with.
+        self._requests: list[RecordedRequest] = []
+        self._requests_lock = threading.Lock()
+        server = self._moto._server
+        assert server is not None
+        moto_app = server.app
+
+        def recording(environ: dict[str, Any], start_response: Any) -> Any:
+            path = environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                path += "?" + environ["QUERY_STRING"]
+            with self._requests_lock:
+                self._requests.append(RecordedRequest(environ["REQUEST_METHOD"], path, environ.get("HTTP_RANGE")))
+            return moto_app(environ, start_response)
+
+        server.app = recording
         bound_host, bound_port = self._moto.get_host_and_port()
         self.host: str = bound_host
         """The address the server is bound to."""
@@ -95,6 +112,16 @@ class S3Server:
         """The TCP port the server is bound to (never 0)."""
         self.endpoint: str = f"http://{bound_host}:{bound_port}"
         """Base URL of the S3 API, without a trailing slash, e.g. ``http://127.0.0.1:45678``."""
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far (method, path with query, Range header)."""
+        with self._requests_lock:
+            return list(self._requests)
+
+    def requests_for(self, bucket: str) -> list[RecordedRequest]:
+        """The requests that named ``bucket`` (path-style), oldest first."""
+        return [r for r in self.requests if r.path == f"/{bucket}" or r.path.startswith(f"/{bucket}/")]
 
     def create_bucket(self, name: str) -> None:
         """Create bucket ``name`` with an unsigned path-style ``PUT {endpoint}/{name}``.

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 import kvmap
 from kvmap.errors import ConvertError, ManifestError, MissingDependencyError
+from kvmap.fetch import drive
 from kvmap.formats import kerchunk as kc
-from kvmap.formats._fetch import drive
 from kvmap.formats.kerchunk import dumps_kerchunk, from_kerchunk, load, looks_like_kerchunk, to_kerchunk
 from kvmap.manifest import Manifest
 

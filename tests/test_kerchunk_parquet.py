@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import kvmap
 from kvmap.errors import ConvertError, ManifestError, MissingDependencyError, SaveError
-from kvmap.formats._fetch import drive
+from kvmap.fetch import drive
 from kvmap.formats.kerchunk_parquet import dump_kerchunk_parquet, from_kerchunk_parquet, load, write_kerchunk_parquet
 
 pytestmark = [

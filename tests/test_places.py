@@ -108,13 +108,22 @@ def test_drive_paths_name_local_files_only_in_local_documents(letter: str, parts
 
 
 def test_the_registry_is_the_one_place_formats_are_named() -> None:
-    assert set(FORMATS) == {"kvmap", "chunk-manifest", "kerchunk", "kerchunk-parquet", "kvstack", "icechunk"}
+    assert set(FORMATS) == {
+        "kvmap",
+        "kvmap-parquet",
+        "chunk-manifest",
+        "kerchunk",
+        "kerchunk-parquet",
+        "kvstack",
+        "icechunk",
+    }
     for name, fmt in ADAPTERS.items():
         assert for_adapter(name) is fmt
         assert fmt.loader is not None
     with pytest.raises(kvmap.PipelineError, match=r"unknown URL adapter 'tar'.*kerchunk"):
         for_adapter("tar")
     assert for_suffix("out.parq").name == "kerchunk-parquet"
+    assert for_suffix("big.kvmap.parquet").name == "kvmap-parquet"
     assert for_suffix("x.json").name == "kvmap"
     assert for_suffix("x.txt") is None
     # zarr's URL pipelines get one entry point per manifest adapter.

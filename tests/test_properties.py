@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kvmap
@@ -124,3 +124,34 @@ def test_remainder_encoding_round_trips(text: str) -> None:
 @given(manifest_and_keys())
 def test_resolve_many_in_bulk_equals_resolve(case: tuple[list[dict[str, Any]], list[str]]) -> None:
     check_resolve_many_in_bulk(*case)
+
+
+@settings(max_examples=300)
+@given(manifest_and_keys(), manifests, st.data())
+def test_bulk_references_resolve_as_the_same_entries_written_out(
+    case: tuple[list[dict[str, Any]], list[str]], after: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """``Manifest.from_references`` (the importers' bulk path) between other entries compiles to
+    what ``from_json`` of the same entries, in the same order, compiles to."""
+    before, keys = case
+    n = data.draw(st.integers(0, 6))
+    refs = [
+        {"key": data.draw(st.sampled_from([*keys, "k"])), "path": "s3://bucket/r", "offset": i, "length": 1}
+        for i in range(n)
+    ]
+    if len({r["key"] for r in refs}) != len(refs):
+        refs = list({r["key"]: r for r in refs}.values())  # an import's keys are distinct
+    bulk = kvmap.Manifest.from_references(
+        [r["key"] for r in refs],
+        [r["path"] for r in refs],
+        [r["offset"] for r in refs],
+        [r["length"] for r in refs],
+        before=before,
+        after=after,
+        url="s3://bucket/m.json",
+    )
+    plain = kvmap.Manifest.from_json([*before, *refs, *after], url="s3://bucket/m.json")
+    a, b = kvmap.compile(bulk), kvmap.compile(plain)
+    for key in [*keys, "k"]:
+        assert a.resolve(key) == b.resolve(key), key
+        assert a.explain(key) == b.explain(key), key

@@ -154,3 +154,16 @@ def test_exact_keys_longer_than_the_table_keeps_are_manifest_errors() -> None:
     with pytest.raises(kvmap.ManifestError) as info:
         kvmap.compile([{"key": "a", "path": "s3://b/a"}, {"key": "é" * (MAX_KEY_LENGTH // 2 + 1), "path": None}])
     assert (info.value.entry, info.value.field) == (1, "key")
+
+
+def test_bulk_references_after_other_entries_keep_their_entry_numbers() -> None:
+    # Manifest.from_references(before=...) numbered its bulk entries from 0 in the compiled map
+    # (found by the columnar map's tests): kerchunk imports, whose metadata goes first, reported
+    # wrong entries, and a prefix in `before` could win over a later exact key.
+    before = [{"key": "z", "json": 1}, {"prefix": "", "path": "s3://b/x/"}]
+    m = kvmap.Manifest.from_references(["k0", "k1"], ["s3://b/f", None], [0, None], [4, None], before=before, url=None)
+    cm = kvmap.compile(m)
+    assert cm.resolve("k0") == kvmap.Resolution(2, "s3://b/f", 0, 4, None)
+    assert cm.resolve("k1") is None
+    assert cm.explain("k1").entries == (3, 1)
+    assert cm.resolve("other").entry == 1

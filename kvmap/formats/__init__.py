@@ -4,13 +4,13 @@ Every place that reads or writes a manifest asks this registry — the walk (a p
 adapter such as ``refs.json|kerchunk:`` names a format), listing, the CLI and
 ``kvmap convert`` — so adding a format is one module under ``kvmap/formats/`` and one
 entry in :data:`FORMATS`. A loader follows the request protocol of
-:mod:`kvmap.formats._fetch`: it is given the document's URL and yields the reads it needs
+:mod:`kvmap.fetch`: it is given the document's URL and yields the reads it needs
 (the document itself, ranges of it, or objects below it), so a directory of parquet
 references is read file by file and a large file could be read in part. Optional
 libraries are imported only when a format that needs them is used.
 
 >>> sorted(FORMATS)
-['chunk-manifest', 'icechunk', 'kerchunk', 'kerchunk-parquet', 'kvmap', 'kvstack']
+['chunk-manifest', 'icechunk', 'kerchunk', 'kerchunk-parquet', 'kvmap', 'kvmap-parquet', 'kvstack']
 >>> for_adapter("kerchunk").name, adapter_kind("zip"), adapter_kind("zarr_chunk_manifest")
 ('kerchunk', 'zip', 'manifest')
 """
@@ -19,12 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
 from kvmap.errors import PipelineError
-from kvmap.formats._fetch import Fetch, drive
+from kvmap.fetch import Fetch, drive
 from kvmap.manifest import Manifest, parse_json
+
+if TYPE_CHECKING:
+    from kvmap.keymap import KeyMap
 
 __all__ = [
     "ADAPTERS",
@@ -42,8 +46,16 @@ __all__ = [
 #: The pipeline adapter that takes a member of a zip archive (not a manifest format).
 ZIP = "zip"
 
+_PARQUET_MAGIC = b"PAR1"
+#: How a columnar manifest's name ends (``big.parquet``, ``m.kvmap.parquet``).
+_COLUMNAR_SUFFIX = ".parquet"
+
 #: What a loader is given (the document's URL, ``None`` if it has none) and what it is.
 Loader = Callable[[str | None], Generator[Fetch, bytes | None, Manifest | None]]
+#: An opener: like a loader, but it may give a map that reads its document as lookups need
+#: it (:class:`kvmap.keymap.KeyMap`) instead of a whole manifest. The walk uses it where
+#: a format has one.
+Opener = Callable[[str | None], Generator[Fetch, bytes | None, "KeyMap | Manifest | None"]]
 #: A writer: the manifest as files, name -> bytes; ``""`` is the file itself, other names
 #: are files inside the directory the output is (kerchunk parquet).
 Writer = Callable[[Manifest], dict[str, bytes]]
@@ -53,8 +65,9 @@ Writer = Callable[[Manifest], dict[str, bytes]]
 class Format:
     """A manifest format: ``name`` (what ``kvmap convert --from/--to`` call it), the pipeline
     ``adapters`` that read it, the file name ``suffixes`` that mean it on output, its
-    ``loader`` (``None``: not read through pipelines) and ``writer`` (``None``: written by
-    its own command path, as an Icechunk repository is)."""
+    ``loader`` (``None``: not read through pipelines), ``writer`` (``None``: written by
+    its own command path, as an Icechunk repository is) and ``opener`` (``None``: the walk
+    loads the whole manifest and compiles it)."""
 
     name: str
     description: str
@@ -62,14 +75,45 @@ class Format:
     suffixes: tuple[str, ...] = ()
     loader: Loader | None = None
     writer: Writer | None = None
+    opener: Opener | None = None
 
 
 # -- loaders and writers (thin: each format's rules live in its own module) -------------------
 
 
 def _load_kvmap(url: str | None) -> Generator[Fetch, bytes | None, Manifest | None]:
+    if _columnar_name(url):
+        from kvmap.formats.kvmap_parquet import load_kvmap_parquet
+
+        return (yield from load_kvmap_parquet(url))
     text = yield Fetch()
-    return None if text is None else Manifest.loads(bytes(text), url=url, name=url)
+    if text is None:
+        return None
+    if bytes(text[:4]) == _PARQUET_MAGIC:  # a columnar manifest under another name, read whole
+        from kvmap.formats.kvmap_parquet import load_kvmap_parquet
+
+        return drive(load_kvmap_parquet(url), lambda _name: bytes(text))
+    return Manifest.loads(bytes(text), url=url, name=url)
+
+
+def _open_kvmap(url: str | None) -> Generator[Fetch, bytes | None, KeyMap | Manifest | None]:
+    # A columnar manifest is known by its name, so that opening it reads its footer only;
+    # anything else is read whole (and still taken as columnar if its bytes say so).
+    if _columnar_name(url):
+        from kvmap.formats.kvmap_parquet import open_kvmap_parquet
+
+        return (yield from open_kvmap_parquet(url, name=url))
+    return (yield from _load_kvmap(url))
+
+
+def _columnar_name(url: str | None) -> bool:
+    return url is not None and url.partition("?")[0].lower().endswith(_COLUMNAR_SUFFIX)
+
+
+def _write_kvmap_parquet(manifest: Manifest) -> dict[str, bytes]:
+    from kvmap.formats.kvmap_parquet import to_kvmap_parquet
+
+    return {"": to_kvmap_parquet(manifest)}
 
 
 def _load_chunk_manifest(url: str | None) -> Generator[Fetch, bytes | None, Manifest | None]:
@@ -135,7 +179,17 @@ def _write_kvstack(manifest: Manifest) -> dict[str, bytes]:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("kvmap", "kvmap manifest (JSON)", ("kvmap",), (".json",), _load_kvmap, _write_kvmap),
+        Format("kvmap", "kvmap manifest (JSON)", ("kvmap",), (".json",), _load_kvmap, _write_kvmap, _open_kvmap),
+        # Read through the kvmap adapter (big.parquet|kvmap:), which tells the two forms apart.
+        Format(
+            "kvmap-parquet",
+            "kvmap manifest, columnar (parquet; opened lazily)",
+            (),
+            (".kvmap.parquet",),
+            _load_kvmap,
+            _write_kvmap_parquet,
+            _open_kvmap,
+        ),
         Format(
             "chunk-manifest",
             "chunk manifest {key: {path, offset, length}} (zarr manifest storage transformer)",

@@ -113,7 +113,7 @@ import orjson
 
 from kvmap._gcpause import paused_gc
 from kvmap.errors import ConvertError, ManifestError, MissingDependencyError
-from kvmap.formats._fetch import Fetch, Loading
+from kvmap.fetch import Fetch, Loading
 from kvmap.manifest import Manifest, parse_json
 from kvmap.url import PIPELINE_SEPARATOR, resolve_target
 
@@ -245,14 +245,14 @@ def from_kerchunk(
 
 
 def load(url: str | None, *, target: str | None = None, max_keys: int = DEFAULT_MAX_KEYS) -> Loading[Manifest | None]:
-    """Load the kerchunk JSON document at ``url`` (a loader: see :mod:`kvmap.formats._fetch`);
+    """Load the kerchunk JSON document at ``url`` (a loader: see :mod:`kvmap.fetch`);
     ``target`` and ``max_keys`` are :func:`from_kerchunk`'s.
 
     Returns ``None`` if the document does not exist. Integers keep their exact value
     (:func:`kvmap.manifest.parse_json`). Raises what :func:`from_kerchunk` raises, and a
     :class:`~kvmap.ManifestError` for text that is not JSON.
 
-    >>> from kvmap.formats._fetch import drive
+    >>> from kvmap.fetch import drive
     >>> drive(load("s3://b/refs.json"), {"": b'{"x/0": ["x.bin"]}'}.get).entries[0].path
     'x.bin'
     >>> drive(load("s3://b/refs.json"), {}.get) is None

@@ -101,7 +101,7 @@ import orjson
 import kvmap
 from kvmap.entries import MAX_INT
 from kvmap.errors import ConvertError, ManifestError, MissingDependencyError, SaveError
-from kvmap.formats._fetch import Fetch, Loading, drive
+from kvmap.fetch import Fetch, Loading, drive
 from kvmap.manifest import Manifest
 from kvmap.url import PIPELINE_SEPARATOR, is_absolute, resolve_target
 
@@ -187,7 +187,7 @@ class _Document:
 
 
 def load(url: str | None, *, target: str | None = None) -> Loading[Manifest | None]:
-    """The loader of a kerchunk parquet reference directory at ``url`` (the :mod:`kvmap.formats._fetch`
+    """The loader of a kerchunk parquet reference directory at ``url`` (the :mod:`kvmap.fetch`
     protocol): fetches ``.zmetadata`` (``None`` from the driver: not such a directory, and the loader
     returns ``None``), then ``{field}/refs.{r}.parq`` for every record ``r`` that each array's grid
     needs (``None``: all its rows are missing), and returns the :class:`~kvmap.Manifest`: an inline
@@ -205,7 +205,7 @@ def load(url: str | None, *, target: str | None = None) -> Loading[Manifest | No
     ``url/field/refs.r.parq``), the row (``entry``) and the column or metadata key (``field``) at
     fault; :class:`~kvmap.MissingDependencyError` without pyarrow.
 
-    >>> from kvmap.formats._fetch import drive
+    >>> from kvmap.fetch import drive
     >>> drive(load("file:///nowhere/refs"), {}.get) is None
     True
     """
