@@ -29,11 +29,11 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter, itemgetter
-from typing import Annotated, Any, Literal, overload
+from typing import Annotated, Any, BinaryIO, Literal, overload
 
 import msgspec
 import numpy as np
@@ -425,10 +425,12 @@ class Manifest:
         save_atomically(path, self.dumps())
 
 
-def save_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+def save_atomically(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write ``data`` to the local file ``path`` atomically, as :meth:`Manifest.save` says
     (temporary file, ``fsync``, rename, directory ``fsync``, stale temporaries removed).
-    Raises :class:`~kvmap.SaveError`; then the old file, if any, is unchanged."""
+    ``data`` may be the bytes, or a function that writes them to the file it is given (an
+    output written as it is made, never held whole). Raises :class:`~kvmap.SaveError`; then
+    the old file, if any, is unchanged."""
     target = os.path.abspath(os.path.expanduser(os.fspath(path)))
     directory, name = os.path.split(target)
     try:
@@ -439,7 +441,11 @@ def save_atomically(path: str | os.PathLike[str], data: bytes) -> None:
         raise _save_error(exc, target) from exc
     try:
         try:
-            _write_all(fd, data)
+            if callable(data):
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    data(f)
+            else:
+                _write_all(fd, data)
             os.fsync(fd)
             os.replace(tmp, target)
         except BaseException:

@@ -100,14 +100,14 @@ import orjson
 
 import kvmap
 from kvmap.entries import MAX_INT
-from kvmap.errors import ConvertError, ManifestError, MissingDependencyError, SaveError
+from kvmap.errors import ConvertError, ManifestError, SaveError
 from kvmap.fetch import Fetch, Loading, drive
+from kvmap.formats._arrow import pyarrow
 from kvmap.manifest import Manifest
 from kvmap.url import PIPELINE_SEPARATOR, is_absolute, resolve_target
 
 __all__ = ["dump_kerchunk_parquet", "from_kerchunk_parquet", "load", "write_kerchunk_parquet"]
 
-_INSTALL = "pip install 'kvmap[parquet]'"
 _COLUMNS = ("path", "offset", "size", "raw")
 #: Rows of one record turned into entry text at a time (Arrow string arrays hold at most 2 GiB).
 _SLICE_ROWS = 1 << 18
@@ -128,16 +128,7 @@ _MAX_CHUNKS = 2**62
 
 
 def _pyarrow() -> tuple[Any, Any, Any]:
-    """``pyarrow``, ``pyarrow.parquet`` and ``pyarrow.compute``, or :class:`MissingDependencyError`."""
-    try:
-        pa = importlib.import_module("pyarrow")
-        pq = importlib.import_module("pyarrow.parquet")
-        pc = importlib.import_module("pyarrow.compute")
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"kerchunk parquet references need pyarrow, which is not installed: {_INSTALL}"
-        ) from exc
-    return pa, pq, pc
+    return pyarrow("kerchunk parquet references")
 
 
 def _fsspec_json() -> ModuleType:

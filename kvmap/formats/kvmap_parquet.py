@@ -106,7 +106,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import importlib
 import io
 import itertools
@@ -128,11 +127,12 @@ import orjson
 
 from kvmap.compiled import Explanation, RangeTarget, Resolution, _check_key, _sweep
 from kvmap.entries import Entry
-from kvmap.errors import ManifestError, MissingDependencyError, SaveError
+from kvmap.errors import ManifestError, MissingDependencyError
 from kvmap.fetch import Fetch, Loading, drive
+from kvmap.formats._arrow import pyarrow
 from kvmap.keyrange import KeyRange, prefix_range, prefix_successor
 from kvmap.keytable import MAX_KEY_LENGTH
-from kvmap.manifest import ExactColumns, Manifest
+from kvmap.manifest import ExactColumns, Manifest, save_atomically
 from kvmap.policy import allow_prefixes
 from kvmap.url import (
     PIPELINE_SEPARATOR,
@@ -211,16 +211,7 @@ _SAMPLE = 32
 
 
 def _pyarrow() -> tuple[Any, Any, Any]:
-    """``pyarrow``, ``pyarrow.parquet`` and ``pyarrow.compute``, or :class:`MissingDependencyError`."""
-    try:
-        pa = importlib.import_module("pyarrow")
-        pq = importlib.import_module("pyarrow.parquet")
-        pc = importlib.import_module("pyarrow.compute")
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"kvmap-parquet manifests need pyarrow, which is not installed: {_INSTALL}"
-        ) from exc
-    return pa, pq, pc
+    return pyarrow("kvmap-parquet manifests")
 
 
 def _schema(pa: Any) -> Any:
@@ -2116,39 +2107,6 @@ def _reference_error(exc: _EntryError, name: str) -> ManifestError:
     )
 
 
-def _save_streaming(path: str | os.PathLike[str], write: Callable[[Any], None]) -> None:
-    """:func:`kvmap.manifest.save_atomically` for a file written by ``write(file)`` as it goes, not
-    held as bytes: the same temporary file (locked, removed on failure), ``fsync``, rename,
-    directory ``fsync`` and removal of stale temporaries."""
-    from kvmap import manifest as saving
-
-    target = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    directory, name = os.path.split(target)
-    try:
-        fd, tmp = saving._create_temp(directory, name)
-    except ValueError as exc:  # e.g. a NUL character in the path
-        raise SaveError(errno.EINVAL, f"cannot save the manifest: {exc}", target) from exc
-    except OSError as exc:
-        raise saving._save_error(exc, target) from exc
-    try:
-        try:
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                write(f)
-            os.fsync(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)  # only ever this save's own name
-            raise
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(fd)  # releases the lock: after the rename or the unlink
-    except OSError as exc:
-        raise saving._save_error(exc, target) from exc
-    saving._fsync_directory(directory)
-    saving._remove_stale_temps(directory, name)
-
-
 def build_kvmap_parquet(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -2245,7 +2203,7 @@ def build_kvmap_parquet(
                     output.feed(table.cast(schema))
                 output.finish(intake.count, intake.paths, relative, spill.tables())
 
-        _save_streaming(out, write)
+        save_atomically(out, write)
 
 
 def _kerchunk_index(order: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
