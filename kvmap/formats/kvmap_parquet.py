@@ -1747,7 +1747,7 @@ class _Intake:
             self.paths.add(path)
             if self._is_relative(path):
                 rows = np.flatnonzero(np.fromiter(map(operator.eq, paths, itertools.repeat(path)), dtype=bool))
-                self._relative_at(int(order[rows].min()))
+                self._relative_at(int(np.min(order[rows])))
 
     def _other(self, order: int, entry: Entry, obj: Any) -> None:
         """Keep a prefix or range entry, or buffer an exact one that is not of the bulk shape."""
