@@ -362,12 +362,7 @@ class Chain:
                 else:
                     res = yield from self.ask(cm, cm.resolve_io(key), walk)
                 if res is None:
-                    winner = None
-                    if walk.explain:
-                        explained = cm.explain(key) if isinstance(cm, CompiledMap) else None
-                        if explained is None:
-                            explained = yield from self.ask(cm, cm.explain_io(key), walk)
-                        winner = explained.winner
+                    winner = (yield from self.ask(cm, cm.explain_io(key), walk)).winner if walk.explain else None
                     hop = Hop(doc, key, winner, None)
                 else:
                     hop = Hop(doc, key, res.entry, res.url, res.offset, res.length, res.data is not None)
@@ -593,16 +588,18 @@ class Chain:
             raise TargetError("manifest not found", key=walk.key, url=doc)
 
     def ask(self, m: KeyMap, lookup: Loading[T], walk: Walk) -> Generator[Read, Any, T]:
-        """The answer of ``lookup``, a lookup of the map ``m`` this chain opened (its reads
-        are made of ``m``'s document, as every manifest read is)."""
-        return (yield from self._serve(self._located[m], lookup, walk))
+        """The answer of ``lookup``, a lookup of the map ``m``: a map in memory answers at once;
+        the reads of one this chain opened are made of its document, as every manifest read is."""
+        loc = None if isinstance(m, CompiledMap) else self._located[m]
+        return (yield from self._serve(loc, lookup, walk))
 
-    def _serve(self, loc: Location, loading: Loading[T], walk: Walk) -> Generator[Read, Any, T]:
+    def _serve(self, loc: Location | None, loading: Loading[T], walk: Walk) -> Generator[Read, Any, T]:
         """Run ``loading`` (a loader, an opener or a lookup) to its end, answering each of its
-        fetches by reading the document at ``loc``."""
+        fetches by reading the document at ``loc`` (``None``: a map in memory, which asks for nothing)."""
         try:
             request = next(loading)
             while True:
+                assert loc is not None, "a map in memory asks for nothing"
                 data = yield from self._fetched(loc, request, walk)
                 request = loading.send(data)
         except StopIteration as stop:

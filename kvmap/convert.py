@@ -42,7 +42,16 @@ from kvmap.chain import Location
 from kvmap.compiled import compile
 from kvmap.detect import looks_like
 from kvmap.errors import ConvertError, ManifestError, SaveError
-from kvmap.formats import ADAPTERS, FORMATS, Fetch, Format, drive, for_adapter, for_suffix, load_kerchunk
+from kvmap.formats import (
+    ADAPTERS,
+    FORMATS,
+    Fetch,
+    Format,
+    columnar_manifest,
+    for_adapter,
+    for_suffix,
+    load_kerchunk,
+)
 from kvmap.formats._refs import no_single_reference
 from kvmap.manifest import Manifest, parse_json, save_atomically
 from kvmap.pipeline import Pipeline
@@ -88,11 +97,10 @@ def _load_detected(
     text = yield Fetch()
     if text is None:
         return None
-    if bytes(text[:4]) == b"PAR1":
-        from kvmap.formats.kvmap_parquet import load_kvmap_parquet
-
+    columnar = columnar_manifest(bytes(text), url)
+    if columnar is not None:
         chosen.append("kvmap-parquet")
-        return drive(load_kvmap_parquet(url), lambda _name: bytes(text))
+        return columnar
     document = parse_json(text, url)
     kind = looks_like(document)
     chosen.append(kind or "kvmap")

@@ -148,25 +148,21 @@ def _piece_keys(chain: Chain, cm: KeyMap, doc: str, piece: RangeTarget, limit: i
     return found
 
 
-# The map's answers: at once from a map in memory, through the chain's reads from one that
-# reads as it goes (kvmap.keymap).
+# The map's answers, through the chain (kvmap.keymap: a map that reads as it goes reads its
+# document there).
 
 
 def _exact_keys(chain: Chain, cm: KeyMap, prefix: str, *, whiteouts: bool = False) -> _Lister:
-    if isinstance(cm, CompiledMap):
-        return cm.exact_keys(prefix, whiteouts=whiteouts)
     return (yield from chain.ask(cm, cm.exact_keys_io(prefix, whiteouts=whiteouts), Walk(None)))
 
 
 def _range_targets(chain: Chain, cm: KeyMap, within: KeyRange) -> _Lister:
-    if isinstance(cm, CompiledMap):
-        return list(cm.range_targets(within))
     return (yield from chain.ask(cm, cm.range_targets_io(within), Walk(None)))
 
 
 def _not_exact(chain: Chain, cm: KeyMap, keys: list[str]) -> _Lister:
     """The ``keys`` that no exact entry of ``cm`` decides."""
-    if isinstance(cm, CompiledMap):
+    if isinstance(cm, CompiledMap):  # once per listed key: a map in memory is asked directly
         return [k for k in keys if not cm.is_exact(k)]
     walk = Walk(None)
     out = []

@@ -261,10 +261,7 @@ class Reader:
 
     def _resolve(self, keys: Sequence[str]) -> _Lister[list[Resolution | None]]:
         cm, _, path, _ = yield from self._namespace()
-        full = [path + k for k in keys]
-        if isinstance(cm, CompiledMap):
-            return cm.resolve_many(full)
-        return (yield from self.chain.ask(cm, cm.resolve_many_io(full), Walk(None)))
+        return (yield from self.chain.ask(cm, cm.resolve_many_io([path + k for k in keys]), Walk(None)))
 
     def _namespace(self) -> _Lister[tuple[KeyMap, str, str, int]]:
         """The top manifest, its document URL, the key prefix the target gives in it, and the

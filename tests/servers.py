@@ -123,6 +123,13 @@ class S3Server:
         """The requests that named ``bucket`` (path-style), oldest first."""
         return [r for r in self.requests if r.path == f"/{bucket}" or r.path.startswith(f"/{bucket}/")]
 
+    def kvmap_stores(self, **options: Any) -> tuple[str, dict[str, dict[str, Any]]]:
+        """The ``s3+http://`` root URL of this server, and the store options that reach it (kvmap's
+        ``stores=``: dummy credentials and region, plus ``options``)."""
+        root = self.endpoint.replace("http://", "s3+http://") + "/"
+        base = {"access_key_id": self.ACCESS_KEY_ID, "secret_access_key": self.SECRET_ACCESS_KEY, "region": self.REGION}
+        return root, {root: {**base, **options}}
+
     def create_bucket(self, name: str) -> None:
         """Create bucket ``name`` with an unsigned path-style ``PUT {endpoint}/{name}``.
 

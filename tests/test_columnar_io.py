@@ -136,20 +136,10 @@ def test_the_cli_and_convert_take_it(world: tuple[Path, kvmap.Manifest, bytes], 
     assert kvmap_cli("cat", str(d / "m.parquet"), "g/x").stdout == "inline"
 
 
-def _s3(s3_server: S3Server) -> tuple[str, dict[str, dict[str, Any]]]:
-    root = s3_server.endpoint.replace("http://", "s3+http://") + "/"
-    options = {
-        "access_key_id": S3Server.ACCESS_KEY_ID,
-        "secret_access_key": S3Server.SECRET_ACCESS_KEY,
-        "region": S3Server.REGION,
-    }
-    return root, {root: options}
-
-
 def test_on_s3_it_reads_the_footer_then_one_block_per_cold_lookup(s3_server: S3Server) -> None:
     bucket = f"columnar-{uuid.uuid4().hex[:12]}"
     s3_server.create_bucket(bucket)
-    root, stores = _s3(s3_server)
+    root, stores = s3_server.kvmap_stores()
     n, block = 100_000, 4_096
     rng = np.random.default_rng(0)
     keys = [f"t/c/{i // 1000}/{i % 1000}" for i in range(n)]

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import kvmap
+from tests.vectors import resolution_cases
 
-VECTORS = Path(__file__).parent.parent / "spec" / "conformance"
-#: The read vectors have a format of their own (tests/test_conformance_reads.py).
-READS = "reads.json"
-
-
-def _cases() -> list[Any]:
-    out = []
-    for path in sorted(p for p in VECTORS.glob("*.json") if p.name != READS):
-        for case in json.loads(path.read_text(encoding="utf-8"))["cases"]:
-            out.append(pytest.param(case, id=f"{path.stem}:{case['name']}"))
-    return out
-
-
-CASES = _cases()
+CASES = resolution_cases()
 
 
 def test_there_are_enough_vectors() -> None:

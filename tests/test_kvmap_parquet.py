@@ -32,12 +32,12 @@ from kvmap.keymap import KeyMap
 from kvmap.keyrange import KeyRange, prefix_range
 from kvmap.policy import allow_prefixes
 from tests.strategies import manifest_and_keys
+from tests.vectors import resolution_cases
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 T = TypeVar("T")
-VECTORS = Path(__file__).parent.parent / "spec" / "conformance"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -186,17 +186,7 @@ def test_the_map_is_a_keymap_weakrefable_and_says_what_it_is() -> None:
 # -- the same answers ------------------------------------------------------------------------------
 
 
-def _vector_cases() -> list[Any]:
-    out = []
-    for path in sorted(VECTORS.glob("*.json")):
-        if path.name == "reads.json":  # a format of its own (reads, not resolution)
-            continue
-        for case in json.loads(path.read_text(encoding="utf-8"))["cases"]:
-            out.append(pytest.param(case, id=f"{path.stem}:{case['name']}"))
-    return out
-
-
-VECTOR_CASES = _vector_cases()
+VECTOR_CASES = resolution_cases()
 
 
 def test_there_are_vectors() -> None:

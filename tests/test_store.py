@@ -48,14 +48,7 @@ def _children(store: KVMapStore, directory: str) -> list[str]:
 
 def _s3(s3_server: S3Server) -> tuple[str, dict[str, dict[str, Any]]]:
     """The s3+http:// root URL of the loopback server, and the store options that reach it."""
-    root = s3_server.endpoint.replace("http://", "s3+http://") + "/"
-    options = {
-        "access_key_id": S3Server.ACCESS_KEY_ID,
-        "secret_access_key": S3Server.SECRET_ACCESS_KEY,
-        "region": S3Server.REGION,
-        "retry_config": NO_RETRIES,
-    }
-    return root, {root: options}
+    return s3_server.kvmap_stores(retry_config=NO_RETRIES)
 
 
 # -- listing: exactly the keys resolve finds whose targets exist ---------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "Fetch",
     "Format",
     "adapter_kind",
+    "columnar_manifest",
     "drive",
     "for_adapter",
     "for_suffix",
@@ -89,11 +90,18 @@ def _load_kvmap(url: str | None) -> Generator[Fetch, bytes | None, Manifest | No
     text = yield Fetch()
     if text is None:
         return None
-    if bytes(text[:4]) == _PARQUET_MAGIC:  # a columnar manifest under another name, read whole
-        from kvmap.formats.kvmap_parquet import load_kvmap_parquet
+    columnar = columnar_manifest(bytes(text), url)  # a columnar manifest under another name
+    return columnar if columnar is not None else Manifest.loads(bytes(text), url=url, name=url)
 
-        return drive(load_kvmap_parquet(url), lambda _name: bytes(text))
-    return Manifest.loads(bytes(text), url=url, name=url)
+
+def columnar_manifest(data: bytes, url: str | None) -> Manifest | None:
+    """The manifest of ``data`` if it is a columnar kvmap manifest (its bytes begin ``PAR1``),
+    read from memory; ``None`` if it is not one."""
+    if data[:4] != _PARQUET_MAGIC:
+        return None
+    from kvmap.formats.kvmap_parquet import load_kvmap_parquet
+
+    return drive(load_kvmap_parquet(url), lambda _name: data)
 
 
 def _open_kvmap(url: str | None) -> Generator[Fetch, bytes | None, KeyMap | Manifest | None]:
