@@ -688,6 +688,10 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
             def build() -> None:
                 data = module.to_kvmap_parquet(kvmap.Manifest.load(spec["source"]))
                 Path(spec["out"]).write_bytes(data)
+        elif how == "convert":
+
+            def build() -> None:
+                kvmap.convert(spec["source"], spec["out"], source_format=spec["format"], target_format="kvmap-parquet")
         else:
 
             def build() -> None:
@@ -725,6 +729,7 @@ def part_build(paths: Paths, refs: Refs, repeat: int, seed: int) -> None:
             "source": str(kerchunk_json),
             "out": f"{out}.c.parquet",
         }
+        specs["convert"] = {"how": "convert", "format": "kvmap", "source": str(kvmap_json), "out": f"{out}.d.parquet"}
     seen: dict[str, list[dict[str, Any]]] = {name: [] for name in specs}
 
     def trial(name: str) -> Callable[[], float]:
@@ -754,9 +759,12 @@ def part_build(paths: Paths, refs: Refs, repeat: int, seed: int) -> None:
             values("fsspec", "peak", 2**20),
         )
     ]
-    for name, label in (("build", "kvmap json"), ("build kerchunk", "kerchunk json")):
+    for name, case in (
+        ("build", "build_kvmap_parquet(kvmap json) vs the same"),
+        ("build kerchunk", "build_kvmap_parquet(kerchunk json) vs the same"),
+        ("convert", "kvmap.convert(kvmap json, .kvmap.parquet) vs the same"),
+    ):
         if name in seen:
-            case = f"build_kvmap_parquet({label}) vs the same"
             time_rows.append(Row(case, values(name, "seconds"), values("fsspec", "seconds")))
             peak_rows.append(
                 Row(case, values(name, "peak", 2**20), values("fsspec", "peak", 2**20), max_value=BUILD_PEAK_TARGET)
@@ -771,9 +779,9 @@ def part_build(paths: Paths, refs: Refs, repeat: int, seed: int) -> None:
     if "build" not in specs:
         notes.append("build_kvmap_parquet does not exist yet: its rows (the 1 GiB target) are left out")
     else:
-        same_file = {r["sha1"] for r in seen["build"] + seen["to_kvmap_parquet"]}
+        same_file = {r["sha1"] for r in seen["build"] + seen["convert"] + seen["to_kvmap_parquet"]}
         notes.append(
-            "build_kvmap_parquet(kvmap json) and to_kvmap_parquet(Manifest.load(kvmap json)) wrote "
+            "build_kvmap_parquet(kvmap json), kvmap.convert and to_kvmap_parquet(Manifest.load(kvmap json)) wrote "
             + ("the same bytes" if len(same_file) == 1 else "DIFFERENT bytes")
         )
     kvmap_json.unlink()

@@ -38,6 +38,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from kvmap.compiled import CompiledMap, Resolution, compile
@@ -379,14 +380,15 @@ class Chain:
                         pipe = Pipeline.parse(res.url)
                     except PipelineError as exc:
                         raise PipelineError(f"{doc} entry {res.entry}: {exc}") from None
-                    inside = self.check(pipe.root, doc, res.entry, walk.key)
-                    if frame is not None:
-                        stack.append(frame)
                     # An exact entry that names an object asserts that it exists (spec 11.3).
                     if isinstance(cm, CompiledMap):
-                        walk.strict = cm.is_exact(key)
+                        exact = cm.is_exact(key)
                     else:
-                        walk.strict = yield from self.ask(cm, cm.is_exact_io(key), walk)
+                        exact = yield from self.ask(cm, cm.is_exact_io(key), walk)
+                    inside = self.check(pipe.root, doc, res.entry, walk.key, exact)
+                    walk.strict = exact
+                    if frame is not None:
+                        stack.append(frame)
                     frame = _Frame(pipe, res, "", doc, walk.strict)
                     loc = Location(pipe.root, inside=inside)
                     continue
@@ -426,6 +428,22 @@ class Chain:
                 return loc
             frame = stack.pop()
 
+    def _first(self, key: str) -> tuple[Resolution | None, str, Callable[[], bool]] | None:
+        """``key``'s answer in :attr:`top`, its document URL and a test of whether the answer is
+        an exact entry's, if it takes no read and leaves depth to spare; ``None``: take the walk."""
+        top = self.top
+        if top is None:
+            return None
+        cm, doc, path, hops = top
+        if hops >= self.max_depth:
+            return None
+        if isinstance(cm, CompiledMap):
+            return cm.resolve(path + key), doc, partial(cm.is_exact, path + key)
+        known = cm.known(path + key)
+        if known is None:
+            return None  # the map would have to read: the walk does that
+        return known[0], doc, partial(bool, known[1])
+
     def plan(self, key: str, byte_range: ByteRange | None) -> tuple[Read | None, Any] | None:
         """The walk in one step, for its most common case: ``key`` resolved in :attr:`top` by an
         entry that names an object, read directly. ``(read, expected length or None)``; ``(None,
@@ -434,19 +452,10 @@ class Chain:
         :meth:`step` and :meth:`read` to the cases they decide in one hop; a property test
         holds the two to the same answers. A read that finds no object must be given back to
         the walk if :meth:`strict` says so (a dangling reference is an error)."""
-        top = self.top
-        if top is None:
+        first = self._first(key)
+        if first is None:
             return None
-        cm, doc, path, hops = top
-        if hops >= self.max_depth:
-            return None
-        if isinstance(cm, CompiledMap):
-            res = cm.resolve(path + key)
-        else:
-            known = cm.known(path + key)
-            if known is None:
-                return None  # the map would have to read: the walk does that
-            res = known[0]
+        res, doc, exact = first
         if res is None:
             return None, None
         if res.data is not None:
@@ -454,9 +463,9 @@ class Chain:
             return None, res.data[start:end]
         url = res.url
         assert url is not None
-        if PIPELINE_SEPARATOR in url:
+        if not url or PIPELINE_SEPARATOR in url:
             return None
-        inside = self.check(url, doc, res.entry, key)
+        inside = self.check(url, doc, res.entry, key, exact)
         if res.length is not None:
             start, end = clamp(byte_range, res.length)
             if end <= start:
@@ -467,6 +476,25 @@ class Chain:
         if res.offset or byte_range is not None:
             return None
         return Read(url, inside=inside), None
+
+    def place(self, key: str) -> tuple[Location | None] | None:
+        """:meth:`locate` in one step where :meth:`plan` would take one: ``(where key's bytes
+        are, or None if absent)``; ``None``: take the walk. A property test holds the two to
+        the same answers."""
+        first = self._first(key)
+        if first is None:
+            return None
+        res, doc, exact = first
+        if res is None:
+            return (None,)
+        if res.data is not None:
+            return (Location(None, data=res.data),)
+        url = res.url
+        assert url is not None
+        if not url or PIPELINE_SEPARATOR in url:
+            return None
+        inside = self.check(url, doc, res.entry, key, exact)
+        return (Location(url, res.offset or 0, res.length, inside=inside),)
 
     def strict(self, key: str) -> bool:
         """Whether a missing object for ``key``, read by :meth:`plan`, is a dangling reference."""
@@ -489,10 +517,19 @@ class Chain:
                 f"the chain is deeper than {self.max_depth} manifests:\n  {_render_chain(walk.hops)}", key=walk.key
             )
 
-    def check(self, url: str, manifest: str, entry: int | None, key: str | None) -> str | None:
+    def check(
+        self,
+        url: str,
+        manifest: str,
+        entry: int | None,
+        key: str | None,
+        exact: bool | Callable[[], bool] = True,
+    ) -> str | None:
         """Raise :class:`~kvmap.PolicyError` (naming ``key``) unless entry ``entry`` of
         ``manifest`` may reach ``url``; return the decision's confinement (:meth:`Policy.check`),
-        which every read of ``url`` carries to the moment of its I/O."""
+        which every read of ``url`` carries to the moment of its I/O. ``exact``: whether the
+        entry is an exact key's (or a test of it, asked only on a refusal), which decides the
+        allow prefix a refusal suggests."""
         decided = (url, manifest)
         known = self._decisions.get(decided)
         if known is not None:
@@ -513,7 +550,7 @@ class Chain:
                     try:
                         inside = self.policy.check(url, manifest=manifest, entry=entry, key=key)
                     except PolicyError as exc:
-                        raise self._refused(exc, manifest) from None
+                        raise self._refused(exc, url, manifest, exact if isinstance(exact, bool) else exact()) from None
                     if sibling is None:
                         same = self.policy.siblings(url)
                         if same is not None:
@@ -521,13 +558,24 @@ class Chain:
         self._decisions.put(decided, inside or "")
         return inside
 
-    def _refused(self, exc: PolicyError, manifest: str) -> PolicyError:
-        """``exc``, saying too which allow prefixes every target of ``manifest`` needs (so that
-        allowing the one that failed is not the first of many errors)."""
+    def _refused(self, exc: PolicyError, url: str, manifest: str, exact: bool) -> PolicyError:
+        """``exc``, suggesting for a prefix or range entry (not ``exact``) the allow prefix of its
+        target root, where the maps of ``manifest`` say what it is; and saying too which allow
+        prefixes every target of the manifest needs (so that allowing the one that failed is not
+        the first of many errors)."""
         cms = [cm for (doc, _, _), cm in list(self._maps._items.items()) if doc == manifest]
         if self.top is not None and self.top[1] == manifest:
             cms.append(self.top[0])
-        needed = sorted({p for cm in cms for p in allow_prefixes(cm.target_roots(), manifest)})
+        roots = {root for cm in cms for root in cm.target_roots()}
+        needed = allow_prefixes(roots, manifest)
+        # The entry's own target root: the longest directory some entry redirects to that holds
+        # the URL (an exact target is no root: the policy suggests its bucket or directory).
+        covering = [] if exact else [r for r in roots if r != url and r.endswith("/") and url.startswith(r)]
+        if covering:
+            try:
+                self.policy.check(url, manifest=manifest, entry=exc.entry, key=exc.key, hint=max(covering, key=len))
+            except PolicyError as better:
+                exc = better
         if not needed or len(needed) > 8:
             return exc
         flags = " ".join(f"--allow {p}" for p in needed)

@@ -20,6 +20,10 @@ gets its own reference (what it resolves to now). Formats that need a length for
 reference (chunk manifests, Icechunk) get the size of whole objects, asked for
 concurrently.
 
+The output names the same objects from where it is written: relative targets are rewritten
+for its location when it is not in the input's directory (:meth:`kvmap.Manifest.rebased`:
+targets below the output's directory stay relative, others become absolute URLs).
+
 Local outputs are written atomically (:func:`kvmap.manifest.save_atomically`; a directory
 output is built beside its place and renamed into it); remote ones are written object
 by object, each object whole. The result says which allow prefixes the written manifest
@@ -29,7 +33,9 @@ needs to be read (:func:`kvmap.policy.allow_prefixes`).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Generator, Mapping
@@ -53,12 +59,13 @@ from kvmap.formats import (
     load_kerchunk,
 )
 from kvmap.formats._refs import no_single_reference
+from kvmap.formats.kvmap_parquet import DEFAULT_BUILD_MEMORY
 from kvmap.manifest import Manifest, parse_json, save_atomically
 from kvmap.pipeline import Pipeline
 from kvmap.places import place_url
 from kvmap.policy import allow_prefixes
 from kvmap.reader import Reader
-from kvmap.url import PIPELINE_SEPARATOR, resolve_target
+from kvmap.url import PIPELINE_SEPARATOR, rebase, resolve_target
 
 __all__ = ["Converted", "convert", "read_manifest"]
 
@@ -67,6 +74,11 @@ _REFERENCE_FORMATS = frozenset(("kerchunk", "kerchunk-parquet", "chunk-manifest"
 #: Output formats whose every reference needs a length.
 _NEED_LENGTHS = frozenset(("chunk-manifest", "icechunk"))
 _CONCURRENCY = 32
+#: A local JSON document larger than this share of the memory budget is streamed when a
+#: columnar manifest is built from it: loading one whole holds about seven times its size.
+_STREAM_RATIO = 1 / 8
+_FIRST_MEMBER = re.compile(rb'\{\s*("(?:[^"\\]|\\.)*")\s*:')
+_ZARR_METADATA = frozenset((".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,30 +195,39 @@ def convert(
     stores: Mapping[str, Mapping[str, Any]] | None = None,
     target: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    memory_bytes: int = DEFAULT_BUILD_MEMORY,
 ) -> Converted:
     """Convert the manifest at ``source`` to ``destination`` (see the module).
 
-    ``progress(done, total)`` is called while references are followed. Raises
+    ``progress(done, total)`` is called while references are followed, and while a columnar
+    manifest is built from a large document (see the module). ``memory_bytes``: about the most
+    that building one holds. Raises
     :class:`~kvmap.ConvertError` naming the entry the output format cannot hold,
     :class:`~kvmap.ManifestError` for bad input, :class:`~kvmap.ResolveError` when a target
     cannot be read or is not allowed, :class:`~kvmap.SaveError` when the output cannot be
     written (then nothing of it was written locally), ``ValueError`` for an unknown format.
     """
-    manifest, read_as = read_manifest(
-        source, source_format, allow=allow, allow_all=allow_all, stores=stores, target=target
-    )
     out_url = place_url(destination)
     if target_format is None:
         found = for_suffix(out_url)
         target_format = found.name if found is not None else "kvmap"
     if target_format not in FORMATS:
         raise ValueError(f"unknown format {target_format!r} (kvmap knows {', '.join(sorted(FORMATS))})")
+    if target_format == "kvmap-parquet" and not materialize and target is None:
+        built = _streamed(source, source_format, out_url, memory_bytes, progress)
+        if built is not None:
+            return built
+    manifest, read_as = read_manifest(
+        source, source_format, allow=allow, allow_all=allow_all, stores=stores, target=target
+    )
     reader = Reader(manifest, allow=allow, allow_all=allow_all, stores=stores)
     lengths: dict[str, int] = {}
     if materialize or target_format in _REFERENCE_FORMATS:
         manifest, lengths = asyncio.run(
             _references(reader, manifest, materialize, target_format in _NEED_LENGTHS, progress)
         )
+    # What it names from where it is written (relative targets rewritten if it moves).
+    manifest = manifest.rebased(out_url)
     if target_format == "icechunk":
         from kvmap.formats.icechunk import to_icechunk_repo
 
@@ -217,6 +238,65 @@ def convert(
         _write(writer(manifest), out_url, stores)
     needed = allow_prefixes(compile(manifest).target_roots(), out_url)
     return Converted(read_as, target_format, len(manifest), needed)
+
+
+# -- columnar manifests of large documents, streamed -----------------------------------------
+
+
+def _streamed(
+    source: str | os.PathLike[str] | Manifest,
+    source_format: str | None,
+    out_url: str,
+    memory_bytes: int,
+    progress: Callable[[int, int], None] | None,
+) -> Converted | None:
+    """The conversion of a large local kvmap or kerchunk JSON document to a local columnar
+    manifest, streamed (:func:`kvmap.formats.kvmap_parquet.build_kvmap_parquet`); ``None`` if
+    ``source`` is not one (then it is read whole)."""
+    if isinstance(source, Manifest):
+        return None
+    url = place_url(source)
+    if not (url.startswith("file://") and out_url.startswith("file://")) or PIPELINE_SEPARATOR in url + out_url:
+        return None
+    path = _local_path(url)
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None  # the reader says what is wrong with it
+    if size < memory_bytes * _STREAM_RATIO:
+        return None
+    kind = source_format or _json_kind(path)
+    if kind not in ("kvmap", "kerchunk"):
+        return None
+    from kvmap.formats.kvmap_parquet import build_kvmap_parquet
+
+    out = _local_path(out_url)
+    moved = None if url.rpartition("/")[0] == out_url.rpartition("/")[0] else partial(rebase, old=url, new=out_url)
+    build_kvmap_parquet(path, out, source_format=kind, memory_bytes=memory_bytes, progress=progress, rebase=moved)
+    cm = Reader(out_url, allow_all=True).keymap_sync()  # reads the footer: the map's own file
+    return Converted(kind, "kvmap-parquet", cm.n_entries, allow_prefixes(cm.target_roots(), out_url))
+
+
+def _json_kind(path: str) -> str | None:
+    """``"kvmap"`` or ``"kerchunk"``: which JSON document the file at ``path`` is, by its first
+    member's name (the first key of kerchunk version 0 references is a zarr key); ``None``:
+    neither, or not clear from that (then the document is read whole and detected)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 12).lstrip()
+    if head.startswith(b"["):
+        return "kvmap"  # a bare list of entries
+    first = _FIRST_MEMBER.match(head)
+    if first is None:
+        return None
+    try:
+        name = json.loads(first.group(1))
+    except ValueError:
+        return None
+    if name in ("kvmap", "entries"):
+        return "kvmap"
+    if name in ("version", "refs", "gen", "templates") or name.rpartition("/")[2] in _ZARR_METADATA:
+        return "kerchunk"
+    return None
 
 
 def _local_or(url: str) -> str:

@@ -52,6 +52,8 @@ class KeyMap(Protocol):
     url: str | None
     #: What errors call the map.
     name: str | None
+    #: How many entries the manifest has (explanations number them from 0).
+    n_entries: int
 
     def resolve_io(self, key: str) -> Loading[Resolution | None]:
         """Where ``key``'s value is; ``None`` if no entry gives it one."""

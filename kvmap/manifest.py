@@ -46,7 +46,7 @@ from kvmap.entries import MAX_INT, Entry
 from kvmap.entries import MAX_JSON_DEPTH as _JSON_DEPTH
 from kvmap.errors import ManifestError, SaveError
 from kvmap.places import path_url, place_url, working_directory_url
-from kvmap.url import PIPELINE_SEPARATOR, is_absolute, is_local_path
+from kvmap.url import PIPELINE_SEPARATOR, is_absolute, is_local_path, rebase
 
 if sys.platform != "win32":
     import fcntl
@@ -421,8 +421,66 @@ class Manifest:
         ``OSError``) when the file cannot be written, e.g. a missing directory or a
         ``path`` that is a directory; then the temporary file is removed and the
         old file, if any, is unchanged.
+
+        Relative targets name what they named at the manifest's :attr:`url`: saved at a
+        ``path`` in another directory, the document written is :meth:`rebased` to that path's
+        ``file://`` URL (targets below the new directory stay relative, others become absolute
+        URLs), so it reads the same objects from where it is saved (:class:`ManifestError`
+        for a target that no path names from there).
         """
-        save_atomically(path, self.dumps())
+        try:
+            where: str | None = path_url(os.fspath(path))
+        except ValueError:  # no URL for the path (a NUL character): the save refuses it, naming it
+            where = None
+        save_atomically(path, (self if where is None else self.rebased(where)).dumps())
+
+    def _first_unrebased(self, new: str | None) -> None:
+        """Raise :class:`ManifestError` for the first entry whose target no path names from ``new``."""
+        for index, entry in enumerate(self.entries):
+            if entry.path is not None:
+                try:
+                    rebase(entry.path, self.url, new)
+                except ValueError as exc:
+                    raise ManifestError(str(exc), manifest=self.name, entry=index, field="path") from None
+
+    def rebased(self, url: Base) -> Manifest:
+        """This manifest as a document at ``url`` (:func:`~kvmap.places.place_url`): each target
+        rewritten (:func:`kvmap.url.rebase`) so that, resolved against ``url``, it names what it
+        names now; the manifest itself (``url`` set) where no target changes, the usual case of
+        one directory. Only the paths change: entries, windows and entry numbers stay. Raises
+        :class:`ManifestError` naming the entry for a target no path names from ``url``
+        (:func:`kvmap.url.rebase`).
+
+        >>> m = Manifest.from_json([{"key": "a", "path": "data/a.bin"}], url="file:///d/m.json")
+        >>> m.rebased("file:///d/sub/m.json").entries[0].path
+        'file:///d/data/a.bin'
+        >>> m.rebased("file:///d/n.json").entries[0].path
+        'data/a.bin'
+        """
+        new, _ = _base(url, None)
+        if new == self.url:
+            return self
+        cols, others = self._exact, self._others
+        paths = set(cols.distinct_paths) | {e.path for _, e in others if e.path is not None}
+        changed: dict[str, str] = {}
+        for p in paths:
+            try:
+                q = rebase(p, self.url, new)
+            except ValueError:
+                self._first_unrebased(new)
+                raise
+            if q != p:
+                changed[p] = q
+        if not changed:
+            same = object.__new__(Manifest)
+            same.url, same.name = new, self.name
+            same._raw, same._exact, same._others = self._raw, self._exact, self._others
+            return same
+        entries = [
+            {**e, "path": changed[e["path"]]} if isinstance(e.get("path"), str) and e["path"] in changed else e
+            for e in self.to_json()["entries"]
+        ]
+        return Manifest.from_json(entries, new, name=self.name)
 
 
 def save_atomically(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None]) -> None:

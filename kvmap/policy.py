@@ -214,7 +214,15 @@ class Policy:
         verdict = self._judge(url, manifest)
         return verdict[0] if isinstance(verdict, tuple) else None
 
-    def check(self, url: str, *, manifest: str | None, entry: int | None = None, key: str | None = None) -> str | None:
+    def check(
+        self,
+        url: str,
+        *,
+        manifest: str | None,
+        entry: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> str | None:
         """Return if ``manifest`` (``None``: the caller) may send kvmap to root URL ``url``:
         the *confinement* of the decision, the real path of the directory that granted a
         ``file://`` target (``None``: none, as for every other scheme, the caller's own
@@ -223,9 +231,12 @@ class Policy:
         link swapped in after the decision cannot lead it out.
 
         Raises :class:`~kvmap.PolicyError` naming the URL, the manifest and the
-        entry, and how to allow the target.
+        entry, and how to allow the target: with the allow prefix ``hint`` if given (the
+        caller knows the entry's target root, which lets every key of the entry through),
+        else the target's bucket, container or host (``s3://bucket/``, ``https://host/``) or,
+        for a local file, its directory.
         """
-        verdict = self._judge(url, manifest)
+        verdict = self._judge(url, manifest, hint)
         if isinstance(verdict, _Refusal):
             raise PolicyError(verdict.reason, key=key, manifest=manifest, entry=entry, url=url)
         return verdict[1]
@@ -264,7 +275,7 @@ class Policy:
 
         return same if same(name) else None
 
-    def _judge(self, url: str, manifest: str | None) -> tuple[str, str | None] | _Refusal:
+    def _judge(self, url: str, manifest: str | None, hint: str | None = None) -> tuple[str, str | None] | _Refusal:
         """What allows ``url`` and the confinement of that decision (see :meth:`check`), or why not."""
         if manifest is None:
             return "caller", None
@@ -278,16 +289,20 @@ class Policy:
         local = place.scheme == _LOCAL
         if granted and (not local or self.realpath is None):
             return granted[0][0], None
-        verdict = self._confine(place, granted, home) if granted else self._outside(place, home)
+        verdict = self._confine(place, granted, home) if granted else self._outside(place, home, hint)
         if isinstance(verdict, tuple):
             return verdict
         if self.allow_all and (not local or (home is not None and home.scheme == _LOCAL)):
             return "allow_all", None
         return verdict
 
-    def _outside(self, place: _Place, home: _Place | None) -> _Refusal:
+    def _outside(self, place: _Place, home: _Place | None, hint: str | None) -> _Refusal:
         """The refusal of a target that no origin or prefix holds, as text."""
-        hint = _render(_Place(place.site, place.segments[:-1]))
+        if hint is None:
+            # A prefix that lets the entry's other targets through too, not only this object's
+            # directory (following that would lead from one refusal to the next).
+            keep = len(place.segments) - 1 if place.scheme == _LOCAL else int(place.scheme in _BUCKET_IN_PATH)
+            hint = _render(_Place(place.site, place.segments[:keep]))
         remote_to_file = place.scheme == _LOCAL and (home is None or home.scheme != _LOCAL)
         also = "" if remote_to_file else " (or allow_all=True / --allow-all for a manifest you trust)"
         return _Refusal(

@@ -328,7 +328,7 @@ class Reader:
         """The bytes of ``key`` (within ``byte_range``), or ``None`` if it does not exist."""
         chain = self.chain
         if chain.top is None:
-            chain.top = await self._drive(self._namespace())
+            await self.keymap()
         plan = chain.plan(key, byte_range)
         if plan is not None:
             read, want = plan
@@ -357,8 +357,25 @@ class Reader:
         the blocks holding the keys)."""
         return await self._drive(self._resolve(keys))
 
+    async def keymap(self) -> KeyMap:
+        """The map the target's keys are looked up in first (its manifest; of a pipeline such
+        as ``m.json|kvmap:sub/``, the last manifest, in which keys get the prefix ``sub/``): a
+        :class:`~kvmap.CompiledMap`, or a map that reads as lookups need, such as a columnar
+        manifest's. Opened once, kept until ``reader.chain.forget()``. Raises
+        :class:`~kvmap.TargetError` if the manifest does not exist."""
+        chain = self.chain
+        if chain.top is None:
+            chain.top = await self._drive(self._namespace())
+        return chain.top[0]
+
     async def locate(self, key: str) -> Location | None:
         """Where ``key``'s bytes are, after every hop (``None``: absent); reads only manifests."""
+        chain = self.chain
+        if chain.top is None:
+            await self.keymap()
+        placed = chain.place(key)
+        if placed is not None:
+            return placed[0]
         return await self._drive(self._locate(key, Walk(key)))
 
     async def explain(self, key: str) -> Explained:
@@ -468,7 +485,7 @@ class Reader:
         """:meth:`get`, with blocking I/O."""
         chain = self.chain
         if chain.top is None:
-            chain.top = self._drive_sync(self._namespace())
+            self.keymap_sync()
         plan = chain.plan(key, byte_range)
         if plan is not None:
             read, want = plan
@@ -497,8 +514,21 @@ class Reader:
         """:meth:`resolve`, with blocking I/O."""
         return self._drive_sync(self._resolve(keys))
 
+    def keymap_sync(self) -> KeyMap:
+        """:meth:`keymap`, with blocking I/O."""
+        chain = self.chain
+        if chain.top is None:
+            chain.top = self._drive_sync(self._namespace())
+        return chain.top[0]
+
     def locate_sync(self, key: str) -> Location | None:
         """:meth:`locate`, with blocking I/O."""
+        chain = self.chain
+        if chain.top is None:
+            self.keymap_sync()
+        placed = chain.place(key)
+        if placed is not None:
+            return placed[0]
         return self._drive_sync(self._locate(key, Walk(key)))
 
     def explain_sync(self, key: str) -> Explained:

@@ -29,6 +29,7 @@ __all__ = [
     "is_absolute",
     "is_plain_name",
     "join",
+    "rebase",
     "resolve_target",
     "split_name",
 ]
@@ -227,3 +228,45 @@ def resolve_target(base: str | None, path: str) -> str:
     lead = "" if inner.startswith("/") else "/"
     inside = join("x:" + lead + inner, root)[len("x:") + len(lead) :]
     return f"{head}{bar}{name}:{inside}{sep}{rest}"
+
+
+def rebase(path: str, old: str | None, new: str | None) -> str:
+    """The entry path that names, in a document at ``new``, what ``path`` names in one at ``old``
+    (what saving a manifest somewhere else needs): ``path`` itself where it means the same
+    there (an absolute URL, or both places in one directory), else a relative reference when the
+    target lies below ``new``'s directory (so the two can move together), else the absolute URL
+    of the target (always, for a ``new`` of ``None``: a document without a URL).
+    ``resolve_target(new, rebase(path, old, new)) == resolve_target(old, path)``. Raises
+    ``ValueError`` as :func:`resolve_target` does for a relative ``path`` and no ``old``, and for a
+    target no path names from ``new`` (a one-letter scheme, which a local document reads as a
+    drive).
+
+    >>> rebase("data/c/0", "file:///a/m.json", "file:///a/n.json")
+    'data/c/0'
+    >>> rebase("data/c/0", "file:///a/m.json", "file:///a/b/m.json")
+    'file:///a/data/c/0'
+    >>> rebase("b/c/0", "file:///a/m.json", "file:///a/b/m.json")
+    'c/0'
+    >>> rebase("inner.json|kvmap:x", "s3://b/m.json", "file:///d/m.json")
+    's3://b/inner.json|kvmap:x'
+    """
+    target = resolve_target(old, path)
+    candidate = target
+    try:
+        if resolve_target(new, path) == target:
+            return path
+    except ValueError:
+        pass
+    root, sep, rest = target.partition(PIPELINE_SEPARATOR)
+    if new is not None and PIPELINE_SEPARATOR not in new and PIPELINE_SEPARATOR not in root:
+        directory = new[: new.rfind("/") + 1]
+        if root.startswith(directory) and "?" not in root and "#" not in root:
+            relative = root[len(directory) :]
+            # "" would name the document; a first segment with ":" would read as a scheme.
+            if not relative or ":" in relative.partition("/")[0] or relative.startswith("/"):
+                relative = "./" + relative
+            if resolve_target(new, relative + sep + rest) == target:
+                return relative + sep + rest
+    if resolve_target(new, candidate) != target:
+        raise ValueError(f"{path!r} names {target!r}, which no path names from {new or 'a document without a URL'}")
+    return candidate

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import random
 import subprocess
@@ -130,9 +131,11 @@ def test_the_cli_and_convert_take_it(world: tuple[Path, kvmap.Manifest, bytes], 
     run = kvmap_cli("convert", str(tmp_path / "m.kvmap.parquet"), str(tmp_path / "back.json"))
     assert run.returncode == 0, run.stderr
     back = kvmap.Manifest.load(tmp_path / "back.json")
-    assert list(back.entries) == list(manifest.entries)
-    run = kvmap_cli("cat", str(tmp_path / "m.kvmap.parquet"), "a/c/3")
-    assert run.returncode == 1  # the copy's relative paths name files beside it, which are not there
+    assert back.entries[2].path == (d / "group").as_uri() + "/"  # rebased: written elsewhere
+    assert list(back.entries) == list(manifest.rebased(back.url).entries)
+    run = kvmap_cli("cat", str(tmp_path / "m.kvmap.parquet"), "a/c/3", "--allow", d.as_uri() + "/")
+    assert run.returncode == 0, run.stderr  # written elsewhere, its paths were rebased onto the originals
+    assert run.stdout.encode("latin-1") == np.arange(12, 16, dtype="<f4").tobytes()
     assert kvmap_cli("cat", str(d / "m.parquet"), "g/x").stdout == "inline"
 
 
@@ -196,3 +199,102 @@ def test_a_dangling_reference_is_an_error_on_the_fast_path_too(tmp_path: Path) -
         with pytest.raises(kvmap.DanglingReferenceError):
             r.get_sync("gone")
         assert r.get_sync("absent-under-the-prefix") is None
+
+
+# -- kvmap convert to a columnar manifest: large JSON inputs are streamed (issue 14 §2) -------
+
+
+def _kerchunk_document(n: int) -> dict[str, Any]:
+    rng = random.Random(1)
+    refs: dict[str, Any] = {".zgroup": '{"zarr_format": 2}', "a/.zarray": "{}"}
+    for i in rng.sample(range(n), n):
+        refs[f"a/{i}"] = [f"s3://bucket/f{i % 7}.nc", rng.randrange(1 << 30), rng.randrange(1, 1 << 20)]
+    refs["a/inline"] = "base64:aGk="
+    return {"version": 1, "refs": refs}
+
+
+@pytest.mark.parametrize("form", ["kvmap", "kerchunk"])
+def test_convert_streams_a_large_json_document_into_the_same_file(
+    world: tuple[Path, kvmap.Manifest, bytes], tmp_path: Path, form: str
+) -> None:
+    """Over the memory budget's share, the input is streamed (the progress counts its bytes twice:
+    read, then written); the file and the report are what reading it whole gives."""
+    d, _, _ = world
+    if form == "kvmap":
+        (tmp_path / "m.json").write_bytes((d / "m.json").read_bytes())  # its paths are relative
+        source = tmp_path / "m.json"
+    else:
+        source = tmp_path / "refs.json"
+        source.write_text(json.dumps(_kerchunk_document(N)))
+    size = source.stat().st_size
+    calls: list[tuple[int, int]] = []
+    streamed = kvmap.convert(
+        source, tmp_path / "s.kvmap.parquet", memory_bytes=1 << 20, progress=lambda *c: calls.append(c)
+    )
+    assert size > (1 << 20) / 8  # so the budget of 1 MiB streams it
+    whole = kvmap.convert(source, tmp_path / "w.kvmap.parquet", memory_bytes=1 << 40)
+    assert (tmp_path / "s.kvmap.parquet").read_bytes() == (tmp_path / "w.kvmap.parquet").read_bytes()
+    assert streamed == whole
+    assert (streamed.source_format, streamed.target_format) == (form, "kvmap-parquet")
+    assert {total for _, total in calls} == {2 * size}
+    assert calls[-1][0] == 2 * size
+    written = [done for done, _ in calls if done > size]
+    assert written == sorted(written)
+
+
+def test_convert_reads_whole_what_it_cannot_stream(world: tuple[Path, kvmap.Manifest, bytes], tmp_path: Path) -> None:
+    """A document that does not say what it is from its first member, and an input that is
+    not a local file, are read whole (and detected), whatever the budget."""
+    _, manifest, _ = world
+    v0 = tmp_path / "v0.json"  # kerchunk version 0 references whose first key is a chunk's
+    v0.write_text(json.dumps({"a/0": ["s3://bucket/f.nc", 0, 10], "a/.zarray": "{}"}))
+    calls: list[tuple[int, int]] = []
+    done = kvmap.convert(v0, tmp_path / "v0.kvmap.parquet", memory_bytes=1, progress=lambda *c: calls.append(c))
+    assert (done.source_format, done.entries, calls) == ("kerchunk", 2, [])
+    done = kvmap.convert(manifest, tmp_path / "m.kvmap.parquet", memory_bytes=1, progress=lambda *c: calls.append(c))
+    assert (done.source_format, done.entries, calls) == ("kvmap", len(manifest), [])
+
+
+def test_convert_shows_a_progress_bar_on_a_terminal(world: tuple[Path, kvmap.Manifest, bytes], tmp_path: Path) -> None:
+    """`kvmap convert --memory 1` on a pseudo-terminal streams the input under a progress bar
+    on standard error; piped, it prints none."""
+    import pty
+
+    d, _, _ = world
+    args = [sys.executable, "-m", "kvmap", "convert", str(d / "m.json"), "--memory", "1"]
+    leader, follower = pty.openpty()
+    try:
+        run = subprocess.run(
+            [*args, str(tmp_path / "t.kvmap.parquet")], stdout=subprocess.PIPE, stderr=follower, check=False
+        )
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                part = os.read(leader, 1 << 16)
+            except OSError:  # the terminal's other end is closed: all was read
+                break
+            if not part:
+                break
+            shown += part
+    finally:
+        os.close(leader)
+    assert run.returncode == 0, shown
+    assert b"converting" in shown
+    piped = subprocess.run([*args, str(tmp_path / "p.kvmap.parquet")], capture_output=True, check=False)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == b""
+    assert (tmp_path / "t.kvmap.parquet").read_bytes() == (tmp_path / "p.kvmap.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "lots"])
+def test_convert_refuses_a_memory_budget_that_is_not_one(tmp_path: Path, value: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "kvmap", "convert", "m.json", str(tmp_path / "o.kvmap.parquet"), "--memory", value],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "MiB" in run.stderr
+    assert not (tmp_path / "o.kvmap.parquet").exists()

@@ -279,11 +279,14 @@ def test_policy_error_says_what_where_and_how_to_allow_it() -> None:
         "s3://b/views/m.json entry 3",
         "s3://other/data/c/0",
         "origin s3://b/",
-        "allow=['s3://other/data/c/']",
-        "--allow s3://other/data/c/",
+        "allow=['s3://other/']",  # its bucket: the object's directory would let only its siblings through
+        "--allow s3://other/",
         "--allow-all",
     ):
         assert part in text, (part, text)
+    with pytest.raises(kvmap.PolicyError) as info:
+        p.check("s3://other/data/c/0", manifest="s3://b/m.json", hint="s3://other/data/")
+    assert "--allow s3://other/data/ " in str(info.value)
     # A remote manifest reaching for a local file: allow_all would not help, so it is not offered.
     with pytest.raises(kvmap.PolicyError) as info:
         kvmap.Policy(allow_all=True).check("file:///etc/passwd", manifest="s3://b/m.json", entry=0)
@@ -853,3 +856,31 @@ def test_no_walk_reads_outside_what_the_policy_allows(s: Scenario) -> None:
         elif isinstance(error, kvmap.ChainError):
             pairs = [(h.manifest, h.key) for h in walk.hops]
             assert len(pairs) > s.max_depth or len(set(pairs)) < len(pairs), walk.hops
+
+
+@pytest.mark.parametrize(
+    ("entry", "keys"),
+    [
+        ({"prefix": "t/", "path": "{elsewhere}data.zarr/"}, ["t/c/0/0", "t/c/5/1/2", "t/zarr.json"]),
+        ({"min": "r/", "max": "r0", "strip_prefix": 2, "path": "{elsewhere}deep/er/"}, ["r/c/0", "r/x/y/z"]),
+        ({"key": "k", "path": "{elsewhere}a/b/c.bin"}, ["k"]),
+    ],
+)
+def test_following_the_suggested_allow_prefix_lets_every_key_of_the_entry_through(
+    tmp_path: Path, entry: dict[str, Any], keys: list[str]
+) -> None:
+    """The prefix a policy error suggests is the entry's target root (or the target's directory
+    for an exact entry): allowing it, every key the entry covers passes, not only the one that
+    failed."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    entry = {k: v.format(elsewhere=elsewhere.as_uri() + "/") if k == "path" else v for k, v in entry.items()}
+    (home / "m.json").write_text(json.dumps({"kvmap": 1, "entries": [entry]}))
+    with pytest.raises(kvmap.PolicyError) as info:
+        kvmap.Reader(home / "m.json").locate_sync(keys[0])
+    suggested = re.search(r"--allow (\S+)", str(info.value))
+    assert suggested is not None, str(info.value)
+    allowed = kvmap.Reader(home / "m.json", allow=[suggested.group(1)])
+    for key in keys:
+        assert allowed.locate_sync(key) is not None, (key, suggested.group(1))

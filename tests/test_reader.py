@@ -8,6 +8,7 @@ import json
 import pickle
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import zipfile
@@ -20,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kvmap
-from kvmap.chain import clamp
+from kvmap.chain import Walk, clamp
 from kvmap.reader import DEFAULT_LOCAL_BLOCKING_LIMIT
 from tests.servers import RangeHTTPServer, S3Server
 
@@ -505,26 +506,29 @@ _ranges = st.one_of(
 )
 
 
+_fast_path_entries = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.sampled_from(["o1", "o2", "gone"])}),
+        st.fixed_dictionaries(
+            {
+                "key": st.sampled_from("abc"),
+                "path": st.sampled_from(["o1", "o2", "gone"]),
+                "offset": st.integers(0, 8),
+                "length": st.integers(0, 8),
+            }
+        ),
+        st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.none()}),
+        st.fixed_dictionaries({"key": st.sampled_from("abc"), "data": st.sampled_from(["", "aGVsbG8="])}),
+        st.fixed_dictionaries({"prefix": st.sampled_from(["", "b"]), "path": st.sampled_from(["./", "o"])}),
+        st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.just("inner.json|kvmap:x")}),
+    ),
+    max_size=5,
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    entries=st.lists(
-        st.one_of(
-            st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.sampled_from(["o1", "o2", "gone"])}),
-            st.fixed_dictionaries(
-                {
-                    "key": st.sampled_from("abc"),
-                    "path": st.sampled_from(["o1", "o2", "gone"]),
-                    "offset": st.integers(0, 8),
-                    "length": st.integers(0, 8),
-                }
-            ),
-            st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.none()}),
-            st.fixed_dictionaries({"key": st.sampled_from("abc"), "data": st.sampled_from(["", "aGVsbG8="])}),
-            st.fixed_dictionaries({"prefix": st.sampled_from(["", "b"]), "path": st.sampled_from(["./", "o"])}),
-            st.fixed_dictionaries({"key": st.sampled_from("abc"), "path": st.just("inner.json|kvmap:x")}),
-        ),
-        max_size=5,
-    ),
+    entries=_fast_path_entries,
     key=st.sampled_from(["a", "b", "c", "1", "2"]),
     byte_range=_ranges,
 )
@@ -547,6 +551,41 @@ def test_the_fast_path_gives_what_the_walk_gives(entries: list[dict[str, Any]], 
     # Memory reads are blocking calls by default; awaited ones must give the same answers.
     awaited = kvmap.Reader(reader.target, local_blocking_limit=0)  # type: ignore[arg-type]
     assert outcome(lambda: asyncio.run(awaited.get(key, byte_range))) == walk
+
+
+_LOCAL = Path(tempfile.mkdtemp(prefix="kvmap-place-"))
+
+
+def _placed(read: Any) -> Any:
+    try:
+        loc = read()
+    except kvmap.KvmapError as exc:
+        return type(exc), exc.args
+    return None if loc is None else (loc, loc.inside, loc.tag, loc.crc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=_fast_path_entries,
+    key=st.sampled_from(["a", "b", "c", "1", "2"]),
+    local=st.booleans(),
+)
+def test_locate_in_one_step_gives_what_the_walk_gives(entries: list[dict[str, Any]], key: str, local: bool) -> None:
+    """Reader.locate's one-step answer (Chain.place) is the walk's, fields the location's
+    equality leaves out (the policy's confinement) included, in both drivers and once the top
+    manifest is cached."""
+    inner = b'[{"key": "x", "path": "o1", "offset": 2}]'
+    if local:
+        (_LOCAL / "inner.json").write_bytes(inner)
+        url = (_LOCAL / "m.json").as_uri()
+    else:
+        obstore.put(kvmap.memory_store("fast-path"), "inner.json", inner)
+        url = "memory://fast-path/m.json"
+    reader = kvmap.Reader(kvmap.Manifest.from_json(entries, url=url))
+    walk = _placed(lambda: reader._drive_sync(reader._locate(key, Walk(key))))
+    for _ in range(2):
+        assert _placed(lambda: reader.locate_sync(key)) == walk
+        assert _placed(lambda: asyncio.run(reader.locate(key))) == walk
 
 
 # -- roots: URLs opened per directory -----------------------------------------------------

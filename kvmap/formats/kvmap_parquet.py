@@ -1654,13 +1654,33 @@ class _Scanned:
         self._f.close()
 
 
+class _Counted:
+    """A binary file that reports how many bytes were read from it so far."""
+
+    def __init__(self, f: Any, report: Callable[[int], None]) -> None:
+        self._f, self._report, self._done = f, report, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._f.read(size)
+        self._done += len(data)
+        self._report(self._done)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class _Intake:
     """The entries of a document, taken in order: the exact ones into sorted runs on disk (each
     bounded by the memory budget), the prefix and range ones kept (they are few), what the footer
     says of the paths gathered."""
 
-    def __init__(self, pa: Any, pc: Any, name: str, memory_bytes: int, work: str) -> None:
+    def __init__(
+        self, pa: Any, pc: Any, name: str, memory_bytes: int, work: str, rebase: Callable[[str], str] | None = None
+    ) -> None:
         self.pa, self.pc, self.name, self.work = pa, pc, name, work
+        self.rebase = rebase
+        self._rebased: dict[str, str] = {}
         # Half the budget for buffered rows: sorting a run copies it once more in Arrow.
         self.budget = max(memory_bytes // 2, 1 << 16)
         # A batch (its JSON objects, then its rows) is a small part of the budget.
@@ -1696,11 +1716,27 @@ class _Intake:
         self.count += 1
         if self.count > _MAX_ENTRIES:
             raise ManifestError(f"kvmap compiles at most {_MAX_ENTRIES} entries", manifest=self.name)
+        if self.rebase is not None and type(obj) is dict and type(path := obj.get("path")) is str:
+            obj = self._rebase(obj, path)
         self.batch.append(obj)
         self.batch_index.append(index)
         self.batch_order.append(index if order is None else order)
         if len(self.batch) >= self.batch_size:
             self.flush()
+
+    def _rebase(self, obj: dict[str, Any], path: str) -> dict[str, Any]:
+        """``obj`` with its path as :attr:`rebase` makes it (an invalid path is left for the
+        validation to name)."""
+        assert self.rebase is not None
+        done = self._rebased.get(path)
+        if done is None:
+            if len(self._rebased) >= _SEEN_PATHS:
+                self._rebased.clear()
+            try:
+                done = self._rebased[path] = self.rebase(path)
+            except ValueError:
+                done = path
+        return obj if done == path else {**obj, "path": done}
 
     def flush(self) -> None:
         """Check the entries taken since the last flush and buffer them."""
@@ -2115,6 +2151,8 @@ def build_kvmap_parquet(
     url: str | None = None,
     memory_bytes: int = DEFAULT_BUILD_MEMORY,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    progress: Callable[[int, int], None] | None = None,
+    rebase: Callable[[str], str] | None = None,
 ) -> None:
     """Write the kvmap-parquet file of the JSON document ``source`` to ``out`` without holding the
     document: the same file as ``to_kvmap_parquet(Manifest.load(source))`` (``source_format``
@@ -2133,6 +2171,13 @@ def build_kvmap_parquet(
     prefix and range entries, plus the distinct directories of its targets when they are many.
     ``out`` is replaced atomically (:func:`kvmap.manifest.save_atomically`'s way) once the whole
     document has been read: an invalid one leaves it as it was.
+
+    ``progress(done, total)`` is called as the build goes, in units of the source's bytes: the total
+    is twice its size, reading the document counts the bytes read (from 0 again if it is read once
+    more by the exact parser), writing the file the second half in proportion to the entries written.
+
+    ``rebase`` rewrites each entry's path as it is read: what :func:`kvmap.convert` passes to write
+    the file somewhere its relative paths would name other objects (:meth:`Manifest.rebased`).
 
     Raises :class:`~kvmap.ManifestError` as :meth:`Manifest.load` (or the kerchunk importer) does for
     the document (a ``kvmap`` document whose ``entries`` member appears twice, or kerchunk
@@ -2156,6 +2201,7 @@ def build_kvmap_parquet(
         raise ValueError(f"block_rows must be at least 1, not {block_rows}")
     name = os.fspath(source)
     del url  # the file keeps paths as written: where it is opened decides what they resolve against
+    size = os.path.getsize(os.path.expanduser(name)) if progress is not None else 0
     pa, pq, pc = _pyarrow()
     ijson, _ = _ijson("yajl2_c")
     with tempfile.TemporaryDirectory(prefix="kvmap-build-") as work:
@@ -2163,12 +2209,16 @@ def build_kvmap_parquet(
         counts = (0, 0)
         for backend_name in ("yajl2_c", "python"):
             _, backend = _ijson(backend_name)
-            intake = _Intake(pa, pc, name, memory_bytes, tempfile.mkdtemp(dir=work))
+            intake = _Intake(pa, pc, name, memory_bytes, tempfile.mkdtemp(dir=work), rebase)
             scanned = backend_name == "yajl2_c"
 
             def open_source(scanned: bool = scanned) -> Any:
-                f = open(os.path.expanduser(name), "rb")  # noqa: SIM115 (closed by its caller's with)
-                return contextlib.closing(_Scanned(f)) if scanned else f
+                f: Any = open(os.path.expanduser(name), "rb")  # noqa: SIM115 (closed by its caller's with)
+                if progress is not None:
+                    f = _Counted(f, lambda done: progress(done, 2 * size))
+                if scanned:
+                    return contextlib.closing(_Scanned(f))
+                return contextlib.closing(f) if progress is not None else f
 
             try:
                 if source_format == "kvmap":
@@ -2195,13 +2245,19 @@ def build_kvmap_parquet(
             with _Output(pa, pq, pc, f, block_rows, plan, name, losers=spill.write) as output:
                 schema = output.schema
                 last: tuple[str, int] | None = None
+                fed = 0
                 for table in intake.sorted_tables():
+                    if progress is not None:
+                        fed += table.num_rows
+                        progress(size + size * fed // max(intake.count, 1), 2 * size)
                     if source_format == "kerchunk":
                         last = _check_distinct(pc, table, last, name)
                         entry = _kerchunk_index(table.column("entry").to_numpy(), starts)
                         table = table.set_column(_COLUMNS.index("entry"), "entry", pa.array(entry))
                     output.feed(table.cast(schema))
                 output.finish(intake.count, intake.paths, relative, spill.tables())
+                if progress is not None:
+                    progress(2 * size, 2 * size)
 
         save_atomically(out, write)
 
