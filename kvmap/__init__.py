@@ -11,7 +11,10 @@ b'{"zarr_format":3,"node_type":"group"}'
 True
 """
 
+from typing import TYPE_CHECKING
+
 from kvmap.chain import Hop, Location
+from kvmap.check import CheckReport, check
 from kvmap.compiled import CompiledMap, Explanation, Piece, Resolution, compile
 from kvmap.compose import compose
 from kvmap.convert import Converted, convert
@@ -34,6 +37,7 @@ from kvmap.errors import (
 from kvmap.keymap import KeyMap
 from kvmap.keyrange import KeyRange
 from kvmap.manifest import Manifest
+from kvmap.opening import open_zarr
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
 from kvmap.reader import Explained, Reader
@@ -42,6 +46,7 @@ from kvmap.roots import memory_store
 __all__ = [
     "Adapter",
     "ChainError",
+    "CheckReport",
     "CompiledMap",
     "ConvertError",
     "Converted",
@@ -70,13 +75,18 @@ __all__ = [
     "SaveError",
     "TargetError",
     "WriteError",
+    "check",
     "compile",
     "compose",
     "convert",
     "memory_store",
+    "open_zarr",
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # for type checkers only: at run time the store is imported on first use
+    from kvmap.store import KVMapStore
 
 
 def __getattr__(name: str) -> object:

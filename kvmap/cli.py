@@ -208,9 +208,8 @@ def _reader(args: argparse.Namespace) -> Reader:
 def _cmd_ls(args: argparse.Namespace) -> int:
     reader = _reader(args)
     keys = reader.list_prefix_sync(args.prefix)
-    rows: list[tuple[str, bool, int]] = (
-        _tree(keys, args.prefix) if args.tree else [(k, False, 0) for k in keys]
-    )  # (key, directory, depth)
+    # One row a line shown: (key, or directory ending in "/"; is a directory; depth in the tree).
+    rows = _tree(keys, args.prefix) if args.tree else [(k, False, 0) for k in keys]
     where: dict[str, tuple[Location | None, int | None, str | None]] = {}
     if args.long:
         where = asyncio.run(_locate_all(reader, [k for k, directory, _ in rows if not directory]))
@@ -228,18 +227,20 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                     url=window["url"],
                     offset=window["offset"],
                     length=window["length"],
-                    inline=None if directory else loc is not None and loc.data is not None,
+                    inline=None if loc is None else loc.data is not None,
                     error=error,
                 )
             _print_json(record)
             continue
-        name = key[len(args.prefix) :] if not args.tree else _last_segment(key)
+        name = _last_segment(key) if args.tree else key
         text = "  " * depth + name
         if found is not None:
             text += "\t" + _describe_listed(*found)
         _out(text, "bold blue" if directory else ("red" if found is not None and found[2] else None))
     if failed:
-        return _fail(f"{failed} of the keys listed cannot be read ('kvmap check {args.manifest}' checks every target)")
+        return _fail(
+            f"{_count(failed, 'key')} listed cannot be read ('kvmap check {args.manifest}' checks every target)"
+        )
     return 0
 
 
@@ -336,14 +337,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
             _out(_one_line(str(problem)), "red")
     if not args.json:
         checked = (
-            f"{report.targets} exact targets and {report.roots} redirect roots in {report.manifests} "
-            f"manifest{'s' if report.manifests != 1 else ''}"
+            f"{_count(report.targets, 'exact target')} and {_count(report.roots, 'redirect root')} "
+            f"in {_count(report.manifests, 'manifest')}"
         )
         if report.ok:
             _out(f"{report.target}: ok, checked {checked}", "green")
         else:
             n = len(report.problems)
-            _out(f"{report.target}: {n} problem{'s' if n != 1 else ''}, checked {checked}", "bold red")
+            _out(f"{report.target}: {_count(n, 'problem')}, checked {checked}", "bold red")
     return 0 if report.ok else 1
 
 
@@ -358,14 +359,24 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     if path is None:
         return _fail(f"{out_url}: compose writes a local file; give -o a path")
     members = {name: _directory(place_url(target)) for name, target in args.members}
+    root = None if args.root is None else _directory(place_url(args.root))
+    local_root = None if root is None else _local_path(root)
+    if local_root is not None:
+        # Made first: a write into a directory that does not exist yet is held to the real path
+        # of its deepest existing parent, which lies outside an allow prefix of the root itself.
+        os.makedirs(local_root, exist_ok=True)
+    # The members and the root are named on the command line, not by a manifest: compose may
+    # read them (and write the root) wherever they are. What they name in turn is held to the
+    # policy as every manifest's targets are.
+    named = [_allowed(url) for url in (*members.values(), *([root] if root is not None else []))]
     manifest = compose(
         members,
         attributes=None if args.attrs is None else dict(args.attrs),
         url=out_url,
         zarr_format=None if args.zarr_format == "auto" else int(args.zarr_format),
         consolidated=args.consolidated,
-        root=None if args.root is None else _directory(place_url(args.root)),
-        allow=args.allow,
+        root=root,
+        allow=[*args.allow, *named],
         allow_all=args.allow_all,
     )
     manifest.save(path)
@@ -380,16 +391,25 @@ def _cmd_compose(args: argparse.Namespace) -> int:
                 "members": len(members),
                 "zarr_format": fmt,
                 "consolidated": args.consolidated,
+                "root": root,
                 "allow": needed,
             }
         )
         return 0
     note = ", consolidated" if args.consolidated else ""
-    _out(f"{args.output}: a zarr v{fmt} group of {len(members)} members{note}, {len(manifest)} entries")
+    _out(f"{args.output}: a zarr v{fmt} group of {_count(len(members), 'member')}{note}, {len(manifest)} entries")
     if needed:
         flags = " ".join(f"--allow {p}" for p in needed)
         _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
     return 0
+
+
+def _allowed(url: str) -> str:
+    """The allow prefix that lets a manifest reach the member root ``url``: the directory itself,
+    or the directory holding the root of a pipeline (``inner.json|kvmap:``)."""
+    if PIPELINE_SEPARATOR not in url:
+        return url
+    return Pipeline.parse(url).root.rpartition("/")[0] + "/"
 
 
 def _directory(url: str) -> str:
@@ -574,11 +594,16 @@ class _Progress:
             self._bar = Progress(console=Console(stderr=True), transient=True)
             self._bar.start()
             self._task = self._bar.add_task(self._description, total=total)
+            self._bar.refresh()  # drawn at once, not at the next tick
         self._bar.update(self._task, completed=done, total=total)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _out(text: str, style: str | None = None) -> None:

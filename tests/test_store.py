@@ -415,28 +415,6 @@ def test_dask_on_a_local_cluster_with_worker_processes(tmp_path: Path, s3_server
     np.testing.assert_array_equal(doubled, values * 2)
 
 
-def test_zarr_url_adapter_entry_points(tmp_path: Path) -> None:
-    from importlib.metadata import entry_points
-    from types import SimpleNamespace
-
-    found = {ep.name: ep for ep in entry_points(group="zarr.url_adapters")}
-    assert {"kvmap", "zarr_chunk_manifest", "zarr-chunk-manifest"} <= set(found)
-    (tmp_path / "d").mkdir()
-    _array(zarr.storage.LocalStore(tmp_path / "d" / "g"), "x", np.arange(4, dtype="i1"), (2,))
-    m = _save(tmp_path / "m.json", [{"prefix": "", "path": "d/"}])
-    adapter = found["kvmap"].load()
-    store = sync(adapter.from_url_segment(SimpleNamespace(path="g/"), f"file:{m}", mode="r"))
-    assert isinstance(store, KVMapStore)
-    assert store.read_only
-    assert store._is_open
-    np.testing.assert_array_equal(zarr.open_group(store, mode="r")["x"][...], np.arange(4, dtype="i1"))
-    with pytest.raises(TypeError, match="unknown storage_options"):
-        sync(adapter.from_url_segment(SimpleNamespace(path=""), f"file:{m}", storage_options={"bogus": 1}))
-    chunk = found["zarr-chunk-manifest"].load()
-    assert chunk.can_handle_scheme("zarr-chunk-manifest")
-    assert chunk.can_handle_scheme("zarr_chunk_manifest")
-
-
 def test_ranges_past_the_end_of_a_redirected_object_are_empty(tmp_path: Path) -> None:
     """Regression (zarr 3.4's parity test): a redirect does not know its object's length,
     and a range starting past the end fails at the server; zarr's contract makes it empty,
