@@ -405,25 +405,35 @@ def _split(path: str) -> tuple[str, str]:
     return parent or "/", name
 
 
-def _open_dir(path: str, inside: str | None, *, create: bool) -> tuple[int, str]:
+def _open_dir(path: str, inside: str | None, *, create: bool, on_the_way: bool = False) -> tuple[int, str]:
     """A descriptor of the directory ``path`` and its real path (``""`` without ``inside``),
     checked to be ``inside`` or inside it. With ``create``, missing directories are made, each
     with ``mkdir`` in a directory already opened and checked, so none is made through a link
-    that leads outside."""
+    that leads outside; ``inside`` itself may be among them (an allowed directory that does not
+    exist yet), so the directories it is made in (``on_the_way``) may be its ancestors too."""
     try:
         fd = os.open(path, _O_DIR)
     except FileNotFoundError:
         parent, _, name = path.rpartition("/")
         if not create or name in ("", ".", ".."):
             raise
-        above, _ = _open_dir(parent or "/", inside, create=True)
+        above, real_above = _open_dir(parent or "/", inside, create=True, on_the_way=True)
         try:
+            made = real_above.rstrip("/") + "/" + name
+            if inside is not None and not (_holds(inside, made, strict=False) or _holds(made, inside, strict=True)):
+                raise EscapeError(path, made, inside)  # neither inside nor on the way to it: not made
             with contextlib.suppress(FileExistsError):  # a concurrent writer made it, or a link is there
                 os.mkdir(name, 0o777, dir_fd=above)
             fd = os.open(name, _O_DIR, dir_fd=above)
         finally:
             os.close(above)
-    return fd, "" if inside is None else _verify(fd, path, inside, strict=False)
+    if inside is None:
+        return fd, ""
+    if on_the_way:
+        real = _fd_real(fd, path)
+        if real is not None and _holds(real, inside, strict=True):
+            return fd, real  # an ancestor of inside, by real path: only directories are made in it
+    return fd, _verify(fd, path, inside, strict=False)
 
 
 def _temp_names(name: str) -> Iterable[str]:

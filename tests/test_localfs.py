@@ -369,6 +369,27 @@ def test_write_never_makes_parents_through_a_link_out(tree: Path) -> None:
     assert (tree / "home" / "data" / "made" / "x").read_bytes() == b"x"
 
 
+def test_write_makes_a_confining_directory_that_does_not_exist_yet(tree: Path) -> None:
+    """An allowed directory need not exist before the first write into it (a new overlay or
+    root location): it and its missing parents are made, in ancestors of it by real path only;
+    a link at its place, or on the way, that leads elsewhere is still refused."""
+    new = f"{tree}/made/later/here"
+    localfs.write(f"{new}/a/b", b"x", inside=new)
+    assert (tree / "made" / "later" / "here" / "a" / "b").read_bytes() == b"x"
+    (tree / "linked").symlink_to(tree / "outside")
+    with pytest.raises(EscapeError):  # its parent's real path is no ancestor of it
+        localfs.write(f"{tree}/linked/new/x", b"x", inside=f"{tree}/linked/new")
+    assert not (tree / "outside" / "new").exists()
+    (tree / "later2").mkdir()
+    (tree / "later2" / "here").symlink_to(tree / "outside")  # where it is to be made, a link out
+    with pytest.raises(EscapeError):
+        localfs.write(f"{tree}/later2/here/x", b"x", inside=f"{tree}/later2/here")
+    assert not (tree / "outside" / "x").exists()
+    with pytest.raises(EscapeError):  # a sibling of the confining directory is not on the way
+        localfs.write(f"{tree}/made/other/x", b"x", inside=new)
+    assert not (tree / "made" / "other").exists()
+
+
 def test_write_replaces_a_final_link_not_its_target(tree: Path) -> None:
     h = home(tree)
     link = tree / "home" / "data" / "link"
