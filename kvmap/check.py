@@ -55,6 +55,7 @@ from kvmap.errors import (
     PolicyError,
     ResolveError,
     TargetError,
+    located,
 )
 from kvmap.formats import adapter_kind
 from kvmap.keyrange import KeyRange, prefix_range, range_common_prefix_length
@@ -96,14 +97,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        where = []
-        if self.key is not None:
-            where.append(f"key {self.key!r}")
-        if self.manifest is not None:
-            where.append(self.manifest if self.entry is None else f"{self.manifest} entry {self.entry}")
-        if self.url is not None:
-            where.append(self.url)
-        return f"{self.kind}: {' -> '.join(where)}: {self.reason}" if where else f"{self.kind}: {self.reason}"
+        where = located(self.reason, key=self.key, manifest=self.manifest, entry=self.entry, url=self.url)
+        return f"{self.kind}: {where}"
 
     def to_json(self) -> dict[str, Any]:
         """The problem as a JSON object: every field, ``None`` where it has no value (the same

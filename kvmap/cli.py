@@ -464,16 +464,6 @@ def _byte_range(text: str) -> ByteRange:
         raise argparse.ArgumentTypeError(f"{text!r} is not START-END, START- or -N") from None
 
 
-def _mebibytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB (at least 1)")
-    return value
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -748,7 +738,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="URL", help="the URL of kerchunk references whose url is null")
     p.add_argument(
         "--memory",
-        type=_mebibytes,
+        type=_positive,
         default=DEFAULT_BUILD_MEMORY >> 20,
         metavar="MIB",
         help="about the most a columnar build holds, in MiB (larger JSON inputs are streamed; default %(default)s)",

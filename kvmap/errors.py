@@ -123,14 +123,7 @@ class ResolveError(KvmapError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        where = []
-        if self.key is not None:
-            where.append(f"key {self.key!r}")
-        if self.manifest is not None:
-            where.append(self.manifest if self.entry is None else f"{self.manifest} entry {self.entry}")
-        if self.url is not None:
-            where.append(self.url)
-        return f"{' -> '.join(where)}: {self.reason}" if where else self.reason
+        return located(self.reason, key=self.key, manifest=self.manifest, entry=self.entry, url=self.url)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_resolve_error, (type(self), self.reason, self.key, self.manifest, self.entry, self.url))
@@ -170,3 +163,23 @@ class SaveError(KvmapError, OSError):
 class WriteError(ResolveError):
     """A write or delete cannot go through: the key's entry is not a redirect that
     names a whole object (a byte window, inline bytes, a whiteout, or no entry)."""
+
+
+def located(
+    reason: str,
+    *,
+    key: str | None = None,
+    manifest: str | None = None,
+    entry: int | None = None,
+    url: str | None = None,
+) -> str:
+    """``reason`` after where it happened: ``key 'k' -> MANIFEST entry N -> URL: reason`` (the
+    parts that are known), as resolve errors and ``kvmap check`` problems say it."""
+    where = []
+    if key is not None:
+        where.append(f"key {key!r}")
+    if manifest is not None:
+        where.append(manifest if entry is None else f"{manifest} entry {entry}")
+    if url is not None:
+        where.append(url)
+    return f"{' -> '.join(where)}: {reason}" if where else reason

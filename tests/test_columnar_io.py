@@ -296,5 +296,6 @@ def test_convert_refuses_a_memory_budget_that_is_not_one(tmp_path: Path, value: 
         check=False,
     )
     assert run.returncode == 2
-    assert "MiB" in run.stderr
+    assert "--memory" in run.stderr
+    assert "at least 1" in run.stderr
     assert not (tmp_path / "o.kvmap.parquet").exists()
