@@ -83,10 +83,17 @@ def check_round_trip(manifest: kvmap.Manifest) -> None:
     assert again == manifest, (again.to_json(), manifest.to_json())
     assert [e.to_json() for e in again.entries] == [e.to_json() for e in manifest.entries]
     path = _SCRATCH / "m.json"
-    manifest.save(path)
+    try:
+        manifest.save(path)
+    except kvmap.ManifestError as exc:
+        # A one-letter URL scheme, which a local document would read as a drive: refused.
+        if "which no path names from" not in str(exc):
+            raise AssertionError(f"a valid manifest does not save: {exc}") from exc
+        return
     loaded = kvmap.Manifest.load(path)
-    assert loaded.to_json() == manifest.to_json()
     assert loaded.url == path.resolve().as_uri()
+    # Saved elsewhere than its URL, its relative targets are rebased onto the file's place.
+    assert loaded.to_json() == manifest.rebased(loaded.url).to_json()
 
 
 def _same_as_python_json(data: bytes, manifest: kvmap.Manifest | None) -> None:
