@@ -42,9 +42,9 @@ from kvmap.formats.kvmap_parquet import DEFAULT_BUILD_MEMORY
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Pipeline
 from kvmap.places import place_url
-from kvmap.policy import allow_prefixes
+from kvmap.policy import Policy, allow_prefixes
 from kvmap.reader import Reader
-from kvmap.url import PIPELINE_SEPARATOR
+from kvmap.url import PIPELINE_SEPARATOR, relative_reference, resolve_target
 
 __all__ = ["main"]
 
@@ -358,17 +358,13 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     path = _local_path(out_url)
     if path is None:
         return _fail(f"{out_url}: compose writes a local file; give -o a path")
-    members = {name: _directory(place_url(target)) for name, target in args.members}
-    root = None if args.root is None else _directory(place_url(args.root))
-    local_root = None if root is None else _local_path(root)
-    if local_root is not None:
-        # Made first: a write into a directory that does not exist yet is held to the real path
-        # of its deepest existing parent, which lies outside an allow prefix of the root itself.
-        os.makedirs(local_root, exist_ok=True)
+    members = {name: _member_root(target, out_url) for name, target in args.members}
+    root = None if args.root is None else _member_root(args.root, out_url)
     # The members and the root are named on the command line, not by a manifest: compose may
     # read them (and write the root) wherever they are. What they name in turn is held to the
     # policy as every manifest's targets are.
-    named = [_allowed(url) for url in (*members.values(), *([root] if root is not None else []))]
+    roots = [*members.values(), *([root] if root is not None else [])]
+    named = [_allowed(resolve_target(out_url, url)) for url in roots]
     manifest = compose(
         members,
         attributes=None if args.attrs is None else dict(args.attrs),
@@ -391,7 +387,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
                 "members": len(members),
                 "zarr_format": fmt,
                 "consolidated": args.consolidated,
-                "root": root,
+                "root": None if root is None else resolve_target(out_url, root),
                 "allow": needed,
             }
         )
@@ -402,6 +398,16 @@ def _cmd_compose(args: argparse.Namespace) -> int:
         flags = " ".join(f"--allow {p}" for p in needed)
         _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
     return 0
+
+
+def _member_root(target: str, out_url: str) -> str:
+    """The member root ``target`` as the manifest at ``out_url`` names it: a local path below the
+    output's directory stays relative to it (the group can move with its members), anything else
+    is its absolute URL."""
+    url = _directory(place_url(target))
+    if "://" in target:
+        return url
+    return relative_reference(url, out_url) or url
 
 
 def _allowed(url: str) -> str:
@@ -474,13 +480,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _allow_prefix(text: str) -> str:
+    """An allow prefix: a URL as it is, a local path (relative to the working directory, or
+    ``~/...``) as its ``file://`` directory URL; a usage error for one the policy refuses."""
+    prefix = text if "://" in text else place_url(text).rstrip("/") + "/"
+    try:
+        Policy(allow=[prefix])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return prefix
+
+
 def _add_policy(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow",
         action="append",
         default=[],
+        type=_allow_prefix,
         metavar="PREFIX",
-        help="also let manifests reach URLs under this /-terminated prefix (repeatable)",
+        help="also let manifests reach URLs under this /-terminated prefix, or this local directory (repeatable)",
     )
     p.add_argument(
         "--allow-all",

@@ -30,6 +30,7 @@ __all__ = [
     "is_plain_name",
     "join",
     "rebase",
+    "relative_reference",
     "resolve_target",
     "split_name",
 ]
@@ -251,22 +252,38 @@ def rebase(path: str, old: str | None, new: str | None) -> str:
     's3://b/inner.json|kvmap:x'
     """
     target = resolve_target(old, path)
-    candidate = target
     try:
         if resolve_target(new, path) == target:
             return path
     except ValueError:
         pass
-    root, sep, rest = target.partition(PIPELINE_SEPARATOR)
-    if new is not None and PIPELINE_SEPARATOR not in new and PIPELINE_SEPARATOR not in root:
-        directory = new[: new.rfind("/") + 1]
-        if root.startswith(directory) and "?" not in root and "#" not in root:
-            relative = root[len(directory) :]
-            # "" would name the document; a first segment with ":" would read as a scheme.
-            if not relative or ":" in relative.partition("/")[0] or relative.startswith("/"):
-                relative = "./" + relative
-            if resolve_target(new, relative + sep + rest) == target:
-                return relative + sep + rest
-    if resolve_target(new, candidate) != target:
+    relative = None if new is None else relative_reference(target, new)
+    if relative is not None:
+        return relative
+    if resolve_target(new, target) != target:
         raise ValueError(f"{path!r} names {target!r}, which no path names from {new or 'a document without a URL'}")
-    return candidate
+    return target
+
+
+def relative_reference(target: str, base: str) -> str | None:
+    """A relative reference that names the absolute URL (or pipeline) ``target`` in a document at
+    ``base``, if ``target``'s root lies below ``base``'s directory; else ``None``.
+    ``resolve_target(base, relative_reference(target, base)) == target``.
+
+    >>> relative_reference("file:///d/site/a.zarr/", "file:///d/m.json")
+    'site/a.zarr/'
+    >>> relative_reference("file:///d/a:b/", "file:///d/m.json"), relative_reference("s3://b/x", "file:///d/m.json")
+    ('./a:b/', None)
+    """
+    root, sep, rest = target.partition(PIPELINE_SEPARATOR)
+    if PIPELINE_SEPARATOR in base or "?" in root or "#" in root:
+        return None
+    directory = base[: base.rfind("/") + 1]
+    if not root.startswith(directory):
+        return None
+    relative = root[len(directory) :]
+    # "" would name the document; a first segment with ":" would read as a scheme.
+    if not relative or ":" in relative.partition("/")[0] or relative.startswith("/"):
+        relative = "./" + relative
+    found = relative + sep + rest
+    return found if resolve_target(base, found) == target else None

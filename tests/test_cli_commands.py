@@ -453,3 +453,34 @@ def test_convert_json(broken: Path, tmp_path: Path) -> None:
     assert record["output"] == out.as_uri()
     assert (record["entries"], record["source_format"], record["target_format"]) == (5, "kvmap", "kvmap")
     assert record["allow"] == [broken.parent.as_uri() + "/"]
+
+
+def test_compose_keeps_local_members_below_the_output_relative(arrays: Path) -> None:
+    """Members and a root named by local paths below the output's directory stay relative in the
+    manifest (the group moves with them); a URL member stays as given."""
+    (arrays / "out").mkdir()
+    for name in ("t.zarr", "p.zarr"):
+        (arrays / name).rename(arrays / "out" / name)
+    run = _run("compose", "t=out/t.zarr", f"p={(arrays / 'out' / 'p.zarr').as_uri()}/", "-o", "out/g.json",
+               "--root", "out/root/", cwd=arrays)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    paths = [e.get("path") for e in json.loads((arrays / "out" / "g.json").read_text())["entries"]]
+    assert "t.zarr/" in paths
+    assert "root/" in paths
+    assert (arrays / "out" / "p.zarr").as_uri() + "/" in paths
+    moved = arrays / "moved"
+    (arrays / "out").rename(moved)
+    run = _run("cat", str(moved / "g.json"), "t/zarr.json", cwd=arrays)
+    assert run.returncode == 0, run.stderr  # the relative member moved with the group
+
+
+def test_allow_takes_a_local_directory_and_refuses_a_bad_prefix_as_usage(arrays: Path) -> None:
+    (arrays / "home").mkdir()
+    _write(arrays / "home" / "m.json", [{"prefix": "t/", "path": (arrays / "t.zarr").as_uri() + "/"}])
+    assert _run("cat", "home/m.json", "t/zarr.json", cwd=arrays).returncode == 1  # outside its origin
+    run = _run("cat", "home/m.json", "t/zarr.json", "--allow", "t.zarr", cwd=arrays)
+    assert run.returncode == 0, run.stderr
+    run = _run("cat", "home/m.json", "t/zarr.json", "--allow", "s3://bucket", cwd=arrays)
+    assert run.returncode == 2
+    assert "does not end in '/'" in run.stderr
+    assert "Traceback" not in run.stderr
