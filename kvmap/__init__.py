@@ -27,6 +27,11 @@ from kvmap.errors import (
     KvmapError,
     ManifestError,
     MissingDependencyError,
+    OverlayBaseChangedError,
+    OverlayConflictError,
+    OverlayCorruptError,
+    OverlayError,
+    OverlayLocationError,
     PipelineError,
     PolicyError,
     ResolveError,
@@ -38,6 +43,7 @@ from kvmap.keymap import KeyMap
 from kvmap.keyrange import KeyRange
 from kvmap.manifest import Manifest
 from kvmap.opening import open_zarr
+from kvmap.overlay import collect_garbage, squash
 from kvmap.pipeline import Adapter, Pipeline
 from kvmap.policy import Policy
 from kvmap.reader import Explained, Reader
@@ -64,6 +70,11 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MissingDependencyError",
+    "OverlayBaseChangedError",
+    "OverlayConflictError",
+    "OverlayCorruptError",
+    "OverlayError",
+    "OverlayLocationError",
     "Piece",
     "Pipeline",
     "PipelineError",
@@ -76,11 +87,13 @@ __all__ = [
     "TargetError",
     "WriteError",
     "check",
+    "collect_garbage",
     "compile",
     "compose",
     "convert",
     "memory_store",
     "open_zarr",
+    "squash",
 ]
 
 __version__ = "0.1.0"

@@ -577,6 +577,38 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_squash(args: argparse.Namespace) -> int:
+    from kvmap.overlay import squash
+
+    manifest = squash(args.manifest, args.overlay, args.output, allow_base_change=args.allow_base_change)
+    out_url = place_url(args.output)
+    needed = allow_prefixes(compile(manifest).target_roots(), out_url)
+    if args.json:
+        _print_json({"output": out_url, "entries": len(manifest), "allow": needed})
+        return 0
+    _out(f"{args.output}: {len(manifest)} entries, the base with the overlay's newest commit on top")
+    if needed:
+        flags = " ".join(f"--allow {p}" for p in needed)
+        _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    import datetime
+
+    from kvmap.overlay import collect_garbage
+
+    done = collect_garbage(args.overlay, grace=datetime.timedelta(hours=args.grace), keep_commits=args.keep_commits)
+    if args.json:
+        _print_json({"overlay": args.overlay, "objects": done.objects, "commits": done.commits, "kept": done.kept})
+        return 0
+    _out(
+        f"{args.overlay}: removed {_count(len(done.objects), 'object')} and {_count(len(done.commits), 'commit')}, "
+        f"kept {_count(done.kept, 'object')}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     demo = importlib.import_module("kvmap.demo")  # on first use: it imports zarr
     return int(demo.main(args.keep))
@@ -763,6 +795,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_json(p, "one JSON object: what was written")
     _add_policy(p)
+
+    p = _sub(sub, "squash", "write a base manifest with an overlay's newest commit on top as one manifest", _cmd_squash)
+    p.add_argument("overlay", metavar="OVERLAY", help="the overlay's location (a directory path or URL)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the manifest to write (a path or URL)")
+    p.add_argument("--allow-base-change", action="store_true", help="squash even if the base changed since")
+    _add_json(p, "one JSON object: what was written")
+
+    p = _sub(sub, "gc", "delete the objects of an overlay that no commit references", _cmd_gc, target=False)
+    p.add_argument("overlay", metavar="OVERLAY", help="the overlay's location (a directory path or URL)")
+    p.add_argument(
+        "--grace", type=float, default=24.0, metavar="HOURS", help="keep objects younger than this (default 24)"
+    )
+    p.add_argument("--keep-commits", type=_positive, metavar="N", help="also delete all but the newest N commits")
+    _add_json(p, "one JSON object: what was removed")
 
     p = _sub(
         sub, "demo", "build a small composite zarr group offline and show what kvmap does", _cmd_demo, target=False

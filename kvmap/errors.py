@@ -7,6 +7,9 @@ index and the field, so that a person can go straight to the offending line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
     "ChainError",
     "ConvertError",
@@ -15,6 +18,11 @@ __all__ = [
     "KvmapError",
     "ManifestError",
     "MissingDependencyError",
+    "OverlayBaseChangedError",
+    "OverlayConflictError",
+    "OverlayCorruptError",
+    "OverlayError",
+    "OverlayLocationError",
     "PipelineError",
     "PolicyError",
     "ResolveError",
@@ -183,3 +191,45 @@ def located(
     if url is not None:
         where.append(url)
     return f"{' -> '.join(where)}: {reason}" if where else reason
+
+
+class OverlayError(KvmapError):
+    """Base class of the overlay's own errors."""
+
+
+class OverlayLocationError(OverlayError, ValueError):
+    """The overlay location cannot hold an overlay: it is not a directory URL, or its backend cannot
+    create an object only if it is absent (plain ``http(s)://``), so no commit could be safe."""
+
+
+class OverlayCorruptError(OverlayError):
+    """A commit document of the overlay is not one :func:`Overlay` writes (named by its URL)."""
+
+
+class OverlayBaseChangedError(OverlayError):
+    """The overlay's base is not the one its commits were made on (``allow_base_change=True`` opens
+    it anyway). ``recorded`` and ``current`` are the two identities."""
+
+    def __init__(self, reason: str, recorded: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+        self.recorded = dict(recorded)
+        self.current = dict(current)
+        super().__init__(reason)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.args[0], self.recorded, self.current))
+
+
+class OverlayConflictError(OverlayError, WriteError):
+    """A commit lost the race to another commit that changed some of the same keys (``keys``, sorted).
+    Nothing was committed; the pending writes are kept (:meth:`Overlay.discard` drops them)."""
+
+    def __init__(self, reason: str, *, keys: Sequence[str] = (), url: str | None = None) -> None:
+        self.keys = list(keys)
+        ResolveError.__init__(self, reason, key=self.keys[0] if self.keys else None, url=url)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_conflict, (self.reason, self.keys, self.url))
+
+
+def _rebuild_conflict(reason: str, keys: list[str], url: str | None) -> OverlayConflictError:
+    return OverlayConflictError(reason, keys=keys, url=url)

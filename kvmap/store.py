@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Self
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
@@ -41,6 +42,9 @@ from kvmap.reader import (
     Reader,
     Write,
 )
+
+if TYPE_CHECKING:
+    from kvmap.overlay import Overlay
 
 __all__ = ["KVMapStore"]
 
@@ -58,6 +62,12 @@ class KVMapStore(Store):
     (zarr would otherwise fill the chunk with its fill value). Writes to a key
     whose entry cannot take them raise :class:`~kvmap.WriteError`; in read-only
     mode every write raises ``ValueError``, as zarr's stores do.
+
+    With ``overlay`` (a directory URL or path; see :mod:`kvmap.overlay` and docs/overlays.md), the
+    store is copy-on-write: reads see the overlay's entries over the target's namespace, every key
+    is writable, writes go to the overlay only and become visible to other stores on :meth:`commit`
+    (also on :meth:`close`, and on leaving a ``with`` block that does not raise).
+    ``allow_base_change`` opens an overlay whose base changed since its last commit.
     """
 
     supports_writes = True
@@ -77,6 +87,8 @@ class KVMapStore(Store):
         local_blocking_limit: int = DEFAULT_LOCAL_BLOCKING_LIMIT,
         max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        overlay: str | os.PathLike[str] | None = None,
+        allow_base_change: bool = False,
     ) -> None:
         super().__init__(read_only=read_only)
         if not isinstance(target, Manifest):
@@ -92,6 +104,9 @@ class KVMapStore(Store):
             max_manifest_bytes=max_manifest_bytes,
             max_concurrency=max_concurrency,
         )
+        self._overlay: Overlay | None = None
+        if overlay is not None:
+            self._overlay = _make_overlay(self.reader, overlay, allow_base_change)
 
     @property
     def target(self) -> str | Manifest:
@@ -100,7 +115,9 @@ class KVMapStore(Store):
 
     def _config(self) -> tuple[Any, ...]:
         options = self.reader.options
-        return (self.reader.target, sorted(options.items(), key=lambda kv: kv[0]))
+        layer = self._overlay
+        overlay = None if layer is None else (layer.url, layer.allow_base_change)
+        return (self.reader.target, sorted(options.items(), key=lambda kv: kv[0]), overlay)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -120,32 +137,44 @@ class KVMapStore(Store):
 
     def __getstate__(self) -> dict[str, Any]:
         # The Reader pickles by configuration; caches and connections are rebuilt.
-        return {"reader": self.reader, "read_only": self._read_only, "is_open": self._is_open}
+        layer = self._overlay
+        overlay = None if layer is None else (layer.url, layer.allow_base_change)
+        return {"reader": self.reader, "read_only": self._read_only, "is_open": self._is_open, "overlay": overlay}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.reader = state["reader"]
         self._read_only = state["read_only"]
         self._is_open = state["is_open"]
+        # An overlay pickles by its location: pending writes stay with the original.
+        overlay = state.get("overlay")
+        self._overlay = None if overlay is None else _make_overlay(self.reader, *overlay)
 
     def with_read_only(self, read_only: bool = False) -> Self:
         """The same store (sharing its caches and connections), read-only or not; not yet open."""
         other = object.__new__(type(self))
         Store.__init__(other, read_only=read_only)
         other.reader = self.reader
+        other._overlay = self._overlay  # the same pending writes
         return other
 
     # -- reads ------------------------------------------------------------------------
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         """The value of ``key`` (within ``byte_range``), or ``None`` if it does not exist."""
-        data = await self.reader.get(key, _byte_range(byte_range))
+        if self._overlay is not None:
+            data = await self._overlay.get(key, _byte_range(byte_range))
+        else:
+            data = await self.reader.get(key, _byte_range(byte_range))
         return None if data is None else prototype.buffer.from_bytes(data)  # type: ignore[arg-type]
 
     def get_sync(
         self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         """:meth:`get` without an event loop."""
-        data = self.reader.get_sync(key, _byte_range(byte_range))
+        if self._overlay is not None:
+            data = self._overlay.get_sync(key, _byte_range(byte_range))
+        else:
+            data = self.reader.get_sync(key, _byte_range(byte_range))
         proto = prototype or default_buffer_prototype()
         return None if data is None else proto.buffer.from_bytes(data)  # type: ignore[arg-type]
 
@@ -155,7 +184,7 @@ class KVMapStore(Store):
         """The values of ``key_ranges`` in input order (``None``: missing). Reads of one
         object are grouped and coalesced into as few requests as obstore can make."""
         pairs = list(key_ranges)
-        found = await self.reader.get_many([k for k, _ in pairs], [_byte_range(r) for _, r in pairs])
+        found = await (self._overlay or self.reader).get_many([k for k, _ in pairs], [_byte_range(r) for _, r in pairs])
         make = prototype.buffer.from_bytes
         return [None if d is None else make(d) for d in found]  # type: ignore[arg-type]
 
@@ -173,7 +202,9 @@ class KVMapStore(Store):
         zarr's coalescing options are accepted and left to obstore. Raises a
         ``BaseExceptionGroup`` holding ``FileNotFoundError`` if ``key`` does not exist.
         """
-        found = await self.reader.get_many([key] * len(byte_ranges), [_byte_range(r) for r in byte_ranges])
+        found = await (self._overlay or self.reader).get_many(
+            [key] * len(byte_ranges), [_byte_range(r) for r in byte_ranges]
+        )
         if any(d is None for d in found):
             raise BaseExceptionGroup("chunk read failed", [FileNotFoundError(key)])
         make = prototype.buffer.from_bytes
@@ -181,11 +212,11 @@ class KVMapStore(Store):
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` has a value (its target object exists)."""
-        return await self.reader.size(key) is not None
+        return await (self._overlay or self.reader).size(key) is not None
 
     async def getsize(self, key: str) -> int:
         """The size of ``key``'s value in bytes. Raises ``FileNotFoundError`` if it does not exist."""
-        size = await self.reader.size(key)
+        size = await (self._overlay or self.reader).size(key)
         if size is None:
             raise FileNotFoundError(key)
         return size
@@ -194,18 +225,18 @@ class KVMapStore(Store):
 
     async def list(self) -> AsyncIterator[str]:
         """Every key of the composite namespace, sorted (see :mod:`kvmap.listing`)."""
-        for key in await self.reader.list_prefix(""):
+        for key in await (self._overlay or self.reader).list_prefix(""):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         """The keys that start with ``prefix``, sorted."""
-        for key in await self.reader.list_prefix(prefix):
+        for key in await (self._overlay or self.reader).list_prefix(prefix):
             yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         """The immediate children of directory ``prefix`` (with or without its ``/``), sorted."""
         directory = prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
-        for name in await self.reader.list_dir(directory):
+        for name in await (self._overlay or self.reader).list_dir(directory):
             yield name
 
     # -- writes -----------------------------------------------------------------------
@@ -218,12 +249,16 @@ class KVMapStore(Store):
         store reads through, or if the write fails (the old bytes stay as they were).
         """
         self._check_writable()
+        if self._overlay is not None:
+            return await self._overlay.set(key, value.as_buffer_like())
         write = self._writable(await _explained(self.reader.explain(key)))
         await self.reader.write(write, value.as_buffer_like())
 
     def set_sync(self, key: str, value: Buffer) -> None:
         """:meth:`set` without an event loop."""
         self._check_writable()
+        if self._overlay is not None:
+            return self._overlay.set_sync(key, value.as_buffer_like())
         self.reader.write_sync(self._writable(_explained_sync(self.reader.explain_sync, key)), value.as_buffer_like())
 
     async def delete(self, key: str) -> None:
@@ -234,11 +269,15 @@ class KVMapStore(Store):
         a dangling reference (map the key with a prefix redirect to make it deletable).
         """
         self._check_writable()
+        if self._overlay is not None:
+            return await self._overlay.delete(key)
         await self.reader.write(self._writable(await _explained(self.reader.explain(key)), delete=True), None)
 
     def delete_sync(self, key: str) -> None:
         """:meth:`delete` without an event loop."""
         self._check_writable()
+        if self._overlay is not None:
+            return self._overlay.delete_sync(key)
         self.reader.write_sync(self._writable(_explained_sync(self.reader.explain_sync, key), delete=True), None)
 
     async def delete_dir(self, prefix: str) -> None:
@@ -249,11 +288,44 @@ class KVMapStore(Store):
         self._check_writable()
         if prefix and not prefix.endswith("/"):
             prefix += "/"
+        if self._overlay is not None:
+            return await self._overlay.delete_dir(prefix)
         for key in await self.reader.list_prefix(prefix):
             explained = await self.reader.explain(key)
             if self.reader.is_document(explained):
                 continue
             await self.reader.write(self._writable(explained, delete=True), None)
+
+    # -- overlay commits (kvmap.overlay) ---------------------------------------------------
+
+    @property
+    def overlay(self) -> Overlay | None:
+        """The store's :class:`~kvmap.overlay.Overlay`, or ``None`` without one."""
+        return self._overlay
+
+    def commit(self) -> int:
+        """Commit the overlay's pending writes (:meth:`kvmap.overlay.Overlay.commit`: returns the
+        commit number; raises :class:`~kvmap.overlay.OverlayConflictError` on a conflict).
+        Raises :class:`~kvmap.WriteError` for a store without an overlay, ``ValueError`` if read-only."""
+        self._check_writable()
+        if self._overlay is None:
+            raise WriteError("cannot commit: the store has no overlay (writes go straight to their targets)")
+        return self._overlay.commit()
+
+    def close(self) -> None:
+        """Close the store; with an overlay, commit its pending writes first (and raise as
+        :meth:`commit` does, the store left open)."""
+        if self._overlay is not None and not self.read_only:
+            self._overlay.commit()
+        super().close()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # A block that raises commits nothing of its writes: they are dropped, not left pending.
+        if exc_type is not None and self._overlay is not None and not self.read_only:
+            self._overlay.discard()
+        super().__exit__(exc_type, exc, tb)
 
     def _writable(self, explained: Explained, *, delete: bool = False) -> Write:
         """Where a write (or ``delete``) of ``explained.key`` goes, or a :class:`WriteError`."""
@@ -289,6 +361,12 @@ class KVMapStore(Store):
                 **where,
             )
         return Write(key, hop.manifest if hop else None, hop.entry if hop else None, loc.url, delete, loc.inside)
+
+
+def _make_overlay(reader: Reader, url: str | os.PathLike[str], allow_base_change: bool) -> Overlay:
+    from kvmap.overlay import Overlay  # at call time: only overlay stores need it
+
+    return Overlay(reader, url, allow_base_change=allow_base_change)
 
 
 async def _explained(walk: Awaitable[Explained]) -> Explained:

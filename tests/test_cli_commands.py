@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -484,3 +485,40 @@ def test_allow_takes_a_local_directory_and_refuses_a_bad_prefix_as_usage(arrays:
     assert run.returncode == 2
     assert "does not end in '/'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_squash_and_gc_on_the_command_line(tmp_path: Path) -> None:
+    """`kvmap squash` writes base + overlay as one manifest that reads the overlay's writes;
+    `kvmap gc` removes only what no commit references (here: an object of a write never committed)."""
+    from zarr.core.buffer import cpu
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a").write_bytes(b"base-a")
+    _write(tmp_path / "m.json", [{"prefix": "", "path": "data/"}])
+    big = bytes(range(256)) * 64  # over the inline threshold: an object of the overlay
+    store = kvmap.KVMapStore(tmp_path / "m.json", overlay=tmp_path / "ov")
+    store.set_sync("b", cpu.Buffer.from_bytes(big))
+    store.delete_sync("a")
+    store.commit()
+    lost = kvmap.KVMapStore(tmp_path / "m.json", overlay=tmp_path / "ov")
+    lost.set_sync("c", cpu.Buffer.from_bytes(big[::-1]))  # never committed
+    time.sleep(0.01)  # a commit after it (gc keeps objects newer than the newest commit)
+    store.set_sync("s", cpu.Buffer.from_bytes(b"small"))
+    store.commit()
+    run = _run("squash", "m.json", "ov", "-o", "flat.json", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert _records(run.stdout)[0]["entries"] >= 3
+
+    def cat(key: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "kvmap", "cat", "flat.json", key], cwd=tmp_path, capture_output=True
+        )
+
+    assert cat("b").stdout == big
+    assert cat("a").returncode == 1  # deleted: absent
+    assert (tmp_path / "data" / "a").read_bytes() == b"base-a"  # the base is untouched
+    run = _run("gc", "ov", "--grace", "0", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    removed = _records(run.stdout)[0]
+    assert (len(removed["objects"]), removed["kept"]) == (1, 1)
+    assert cat("b").stdout == big

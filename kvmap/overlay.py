@@ -1,0 +1,753 @@
+"""Copy-on-write overlays: write any key of a composite namespace without touching the originals.
+
+``KVMapStore(target, overlay=URL)`` reads the composite namespace of ``target`` (the *base*) with an
+overlay's entries winning, and writes every key into the overlay. The base manifest and everything it
+points at are never written.
+
+Layout of an overlay at ``URL`` (a directory or prefix on a backend with create-if-absent writes:
+``file://`` and local paths, ``memory://``, ``s3://``/``s3+http(s)://``, ``gs://``, ``az://``)::
+
+    URL/objects/<sha256 hex>          the bytes of values larger than INLINE_LIMIT, content-addressed
+    URL/commits/<20-digit number>.json  one commit: the overlay's whole entry list (a snapshot)
+    URL/latest                        a hint: the number of a recent commit (never trusted alone)
+
+**Values.** A value of at most :data:`INLINE_LIMIT` bytes (zarr metadata documents, small chunks) is
+held inline in the commit; a larger one is written at once to ``objects/<sha256>``. Content addressing
+makes a write idempotent (a retried or repeated write rewrites the same bytes under the same name),
+deduplicates equal chunks (zarr's fill-value chunks, repeated attributes), and is crash-safe: an object
+is written whole (obstore puts are atomic) under a name no other value can have, so a commit can never
+name a half-written or a different value. A deleted key is a *whiteout* entry.
+
+**Commits.** Writes are pending (visible to this store only) until :meth:`Overlay.commit`;
+``KVMapStore.close()`` commits too, and leaving a ``with store:`` block commits unless the block
+raises (then the pending writes are dropped: nothing of the block becomes visible). A commit is a
+*new* object ``commits/<n+1>.json`` created with obstore's ``mode="create"``, ``n`` the commit this
+store's view was read from. If another writer created that number first (``AlreadyExistsError``), the
+store reads the newest commit and rebases: if no key it wrote changed between its view and that
+commit, it retries with the next number on top of it; otherwise it raises
+:class:`OverlayConflictError` naming the keys, and keeps its pending writes. So of two commits that
+touch one key exactly one succeeds, and two that touch disjoint keys both do — never a lost update.
+("Changed" compares entries: a key set to the same object by both writers is still a conflict, since
+an entry names the bytes; a key changed and changed back by others reads as unchanged.)
+
+**The current state** is the highest-numbered commit. Each commit holds the full entry list, so an
+open reads one commit, never a chain of deltas: the ``latest`` hint (rewritten after each commit,
+best effort), then ``HEAD`` requests probing forward from it (1, 2, 4... then a bisection; commit
+numbers are contiguous), then the commit. A lost or stale hint costs a few more ``HEAD`` requests;
+only a hint naming a commit that was collected falls back to one listing of ``commits/``.
+
+**The base's identity.** Every commit records the base it was made on: its URL (or the in-memory
+manifest's URL or name), size, ETag and sha256 of its root object. Opening an overlay whose base has
+changed (size, or sha256 when the ETag differs: a copied local file gets a new ETag but keeps its
+bytes) raises :class:`OverlayBaseChangedError`, unless ``allow_base_change=True``: then the store opens,
+and its next commit records the new base.
+
+A crash before a commit leaves only unreferenced objects: :func:`collect_garbage` removes them.
+:func:`squash` writes base + overlay as one new standalone manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import obstore
+from obstore.exceptions import AlreadyExistsError
+from obstore.store import HTTPStore
+
+from kvmap.chain import ByteRange, clamp
+from kvmap.errors import (
+    DanglingReferenceError,
+    KvmapError,
+    OverlayBaseChangedError,
+    OverlayConflictError,
+    OverlayCorruptError,
+    OverlayError,
+    OverlayLocationError,
+    ResolveError,
+    TargetError,
+    WriteError,
+)
+from kvmap.httpio import HTTPSource
+from kvmap.manifest import Manifest
+from kvmap.pipeline import Pipeline
+from kvmap.places import path_url, place_url
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
+    from kvmap.reader import Data, Reader
+
+__all__ = [
+    "INLINE_LIMIT",
+    "GarbageReport",
+    "Overlay",
+    "OverlayBaseChangedError",
+    "OverlayConflictError",
+    "OverlayCorruptError",
+    "OverlayError",
+    "OverlayLocationError",
+    "collect_garbage",
+    "squash",
+]
+
+#: Values of at most this many bytes are held inline in the commit (see docs/overlays.md for the
+#: measurement: below it, a separate object costs more than the bytes it would keep out of a commit).
+INLINE_LIMIT = 4096
+FORMAT = 1
+_DIGITS = 20
+_OBJECT = re.compile(r"\.\./objects/([0-9a-f]{64})\Z")
+_COMMIT = re.compile(r"(\d{20})\.json\Z")
+
+
+# -- entries ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Inline:
+    data: bytes
+
+
+#: An overlay entry: an object, inline bytes, or ``None`` (a whiteout).
+Entry = _Object | _Inline | None
+_NO_ENTRY: Any = object()  # the overlay says nothing about the key: the base decides
+
+
+def _entry_json(key: str, entry: Entry) -> dict[str, Any]:
+    if entry is None:
+        return {"key": key, "path": None}
+    if isinstance(entry, _Inline):
+        return {"key": key, "data": base64.b64encode(entry.data).decode("ascii")}
+    # The length makes the entry assert the object's size: a reader finds a truncated object.
+    return {"key": key, "path": f"../objects/{entry.sha256}", "length": entry.size}
+
+
+def _parse_entry(raw: Any, url: str, index: int) -> tuple[str, Entry]:
+    def bad(why: str) -> OverlayCorruptError:
+        return OverlayCorruptError(f"{url}: entry {index}: {why}")
+
+    if not isinstance(raw, dict) or not isinstance(raw.get("key"), str):
+        raise bad("not an object with a string key")
+    key = raw["key"]
+    members = set(raw) - {"key"}
+    if members == {"path"} and raw["path"] is None:
+        return key, None
+    if members == {"data"} and isinstance(raw["data"], str):
+        try:
+            return key, _Inline(base64.b64decode(raw["data"], validate=True))
+        except binascii.Error:
+            raise bad("data is not base64") from None
+    if members == {"path", "length"} and isinstance(raw["path"], str):
+        m = _OBJECT.match(raw["path"])
+        size = raw["length"]
+        # Only names this module makes: a commit cannot send reads anywhere but objects/.
+        if m is not None and type(size) is int and size >= 0:
+            return key, _Object(m.group(1), size)
+    raise bad("not an object, inline or whiteout entry of an overlay")
+
+
+# -- the commit documents ---------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    number: int  # 0: no commit yet
+    entries: dict[str, Entry]
+    base: dict[str, Any] | None  # the identity recorded by the commit
+
+
+def _commit_name(number: int) -> str:
+    return f"commits/{number:0{_DIGITS}d}.json"
+
+
+def _parse_commit(data: bytes, url: str, number: int) -> _State:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OverlayCorruptError(f"{url}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("kvmap_overlay") != FORMAT or doc.get("commit") != number:
+        raise OverlayCorruptError(f"{url}: not commit {number} of a version-{FORMAT} kvmap overlay")
+    raw = doc.get("entries")
+    base = doc.get("base")
+    if not isinstance(raw, list) or not (base is None or isinstance(base, dict)):
+        raise OverlayCorruptError(f"{url}: entries must be a list and base an object")
+    entries = dict(_parse_entry(e, url, i) for i, e in enumerate(raw))
+    return _State(number, entries, base)
+
+
+def _commit_bytes(state: _State, changed: Iterable[str]) -> bytes:
+    doc = {
+        "kvmap_overlay": FORMAT,
+        "commit": state.number,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        "base": state.base,
+        "changed": sorted(changed),
+        "entries": [_entry_json(k, state.entries[k]) for k in sorted(state.entries)],
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class _Location:
+    """The overlay's store and object-path prefix, and the commit-finding protocol on it."""
+
+    def __init__(self, url: str, store: ObjectStore, prefix: str) -> None:
+        self.url = url
+        self.store = store
+        self.prefix = prefix
+
+    @classmethod
+    def open(cls, overlay: str | os.PathLike[str], roots: Any) -> _Location:
+        url = place_url(overlay)
+        if "|" in url:
+            raise OverlayLocationError(f"{url!r}: an overlay location is a directory URL, not a pipeline")
+        if not url.endswith("/"):
+            url += "/"
+        try:
+            store, prefix = roots.open_for_write(url + "latest")
+        except KvmapError as exc:
+            raise OverlayLocationError(f"{url!r}: {exc}") from None
+        if isinstance(store, HTTPSource | HTTPStore):
+            raise OverlayLocationError(
+                f"{url!r}: plain HTTP cannot create an object only if it is absent, so no commit there "
+                "could be safe (use a local directory, memory://, s3://, gs:// or az://)"
+            )
+        return cls(url, store, prefix.removesuffix("latest"))
+
+    def path(self, name: str) -> str:
+        return self.prefix + name
+
+    def exists(self, number: int) -> bool:
+        try:
+            obstore.head(self.store, self.path(_commit_name(number)))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def latest_number(self) -> int:
+        """The number of the newest commit (0: none), from the hint and a few ``HEAD`` requests."""
+        try:
+            hint = int(bytes(obstore.get(self.store, self.path("latest")).bytes()))
+        except (FileNotFoundError, ValueError):
+            hint = 0
+        if hint > 0 and not self.exists(hint):
+            return self._listed_latest()  # the hinted commit was collected: no contiguity to probe
+        low, step = hint, 1  # low exists (or is 0); numbers above it are contiguous
+        while self.exists(low + step):
+            low, step = low + step, step * 2
+        high = low + step  # does not exist
+        while high - low > 1:
+            mid = (low + high) // 2
+            if self.exists(mid):
+                low = mid
+            else:
+                high = mid
+        return low
+
+    def _listed_latest(self) -> int:
+        best = 0
+        for batch in obstore.list(self.store, self.path("commits/")):
+            for meta in batch:
+                m = _COMMIT.match(meta["path"].rpartition("/")[2])
+                if m is not None:
+                    best = max(best, int(m.group(1)))
+        return best
+
+    def read(self, number: int) -> _State:
+        if number == 0:
+            return _State(0, {}, None)
+        name = _commit_name(number)
+        data = bytes(obstore.get(self.store, self.path(name)).bytes())
+        return _parse_commit(data, self.url + name, number)
+
+    def load(self) -> _State:
+        """The newest commit. A commit that a collection removed between finding and reading it
+        is looked for again."""
+        for _ in range(8):
+            try:
+                return self.read(self.latest_number())
+            except FileNotFoundError:
+                continue
+        raise OverlayCorruptError(f"{self.url}: the newest commit keeps disappearing")
+
+
+# -- the base's identity ----------------------------------------------------------------------------
+
+
+def _base_root(reader: Reader) -> str | None:
+    target = reader.target
+    return None if isinstance(target, Manifest) else Pipeline.parse(place_url(target)).root
+
+
+def _base_identity(reader: Reader, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The identity of ``reader``'s base: ``url``, ``size``, ``etag`` and ``sha256`` of its root object
+    (for an in-memory manifest, of its document). The bytes are hashed only when the size and ETag
+    do not already match ``recorded``."""
+    target = reader.target
+    if isinstance(target, Manifest):
+        data = target.dumps()
+        return {"url": target.url or target.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    root = _base_root(reader)
+    assert root is not None
+    store, path = reader.roots.open(root)
+    ident: dict[str, Any] = {"url": place_url(target)}
+    if isinstance(store, HTTPSource):
+        got = store.get(path)
+        if got is None:
+            raise TargetError("the base manifest does not exist", url=root)
+        data, etag = got, None
+    else:
+        meta = obstore.head(store, path)
+        etag = meta.get("e_tag")
+        if (
+            recorded is not None
+            and etag is not None
+            and recorded.get("etag") == etag
+            and recorded.get("size") == meta["size"]
+            and recorded.get("url") == ident["url"]
+        ):
+            return dict(recorded)
+        data = bytes(obstore.get(store, path).bytes())
+    ident.update(size=len(data), etag=etag, sha256=hashlib.sha256(data).hexdigest())
+    return ident
+
+
+def _same_base(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    return all(recorded.get(k) == current.get(k) for k in ("url", "size", "sha256"))
+
+
+# -- the overlay ------------------------------------------------------------------------------------
+
+
+class Overlay:
+    """The overlay of one :class:`~kvmap.KVMapStore`: its committed entries (as of its last load or
+    commit), its pending writes, and the base :class:`~kvmap.Reader` that decides every other key.
+
+    The state is read on first use. Raises :class:`OverlayLocationError` (at construction) for a
+    location that cannot hold an overlay, and on first use :class:`OverlayBaseChangedError` if the
+    base changed (unless ``allow_base_change``) and :class:`OverlayCorruptError` for a commit it
+    cannot read.
+    """
+
+    def __init__(self, reader: Reader, url: str | os.PathLike[str], *, allow_base_change: bool = False) -> None:
+        self.reader = reader
+        self.location = _Location.open(url, reader.roots)
+        self.url = self.location.url
+        self.allow_base_change = allow_base_change
+        self._state: _State | None = None
+        self._base: dict[str, Any] | None = None  # the base identity the next commit records
+        self._pending: dict[str, Entry] = {}
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"Overlay({self.url!r})"
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _loaded(self) -> _State:
+        state = self._state
+        if state is not None:
+            return state
+        with self._lock:
+            if self._state is None:
+                state = self.location.load()
+                current = _base_identity(self.reader, state.base)
+                if state.base is not None and not _same_base(state.base, current) and not self.allow_base_change:
+                    raise OverlayBaseChangedError(
+                        f"overlay {self.url}: its base changed since commit {state.number} "
+                        f"(recorded {state.base}, now {current}); pass allow_base_change=True to open it",
+                        state.base,
+                        current,
+                    )
+                self._base = current
+                self._state = state
+            return self._state
+
+    async def _loaded_async(self) -> _State:
+        # The first load does blocking I/O: off the event loop.
+        return self._state if self._state is not None else await asyncio.to_thread(self._loaded)
+
+    @property
+    def commit_number(self) -> int:
+        """The number of the commit this overlay's view is based on (0: none)."""
+        return self._loaded().number
+
+    @property
+    def pending(self) -> Mapping[str, Entry]:
+        """The writes not yet committed (a copy)."""
+        return dict(self._pending)
+
+    def _entry(self, state: _State, key: str) -> Any:
+        entry = self._pending.get(key, _NO_ENTRY)
+        return state.entries.get(key, _NO_ENTRY) if entry is _NO_ENTRY else entry
+
+    def _view(self, state: _State) -> dict[str, Entry]:
+        return {**state.entries, **self._pending}
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _object_failed(self, key: str, sha: str, exc: BaseException) -> ResolveError:
+        url = f"{self.url}objects/{sha}"
+        if isinstance(exc, FileNotFoundError):
+            return DanglingReferenceError("the overlay object is missing (collected too early?)", key=key, url=url)
+        return TargetError(f"reading the overlay object failed: {type(exc).__name__}: {exc}", key=key, url=url)
+
+    def _checked(self, key: str, entry: _Object, data: bytes) -> bytes:
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise TargetError(
+                "the overlay object does not hold the bytes its name says", key=key, url=self.url + entry.sha256
+            )
+        return data
+
+    async def get(self, key: str, byte_range: ByteRange | None) -> Data | None:
+        """The value of ``key`` (within ``byte_range``) in the composite namespace, ``None`` if absent.
+        Raises a :class:`~kvmap.TargetError` for an overlay object that is missing or damaged (a whole
+        read checks its sha256), and what the base's reads raise."""
+        state = await self._loaded_async()
+        entry = self._entry(state, key)
+        if entry is _NO_ENTRY:
+            return await self.reader.get(key, byte_range)
+        if entry is None:
+            return None
+        if isinstance(entry, _Inline):
+            start, end = clamp(byte_range, len(entry.data))
+            return entry.data[start:end]
+        start, end = clamp(byte_range, entry.size)
+        path = self.location.path(f"objects/{entry.sha256}")
+        try:
+            if byte_range is None:
+                got = await obstore.get_async(self.location.store, path)
+                return self._checked(key, entry, bytes(await got.bytes_async()))
+            if start == end:
+                return b""
+            return bytes(await obstore.get_range_async(self.location.store, path, start=start, end=end))
+        except Exception as exc:
+            if isinstance(exc, KvmapError):
+                raise
+            raise self._object_failed(key, entry.sha256, exc) from exc
+
+    def get_sync(self, key: str, byte_range: ByteRange | None) -> Data | None:
+        """:meth:`get` with blocking I/O."""
+        state = self._loaded()
+        entry = self._entry(state, key)
+        if entry is _NO_ENTRY:
+            return self.reader.get_sync(key, byte_range)
+        if entry is None:
+            return None
+        if isinstance(entry, _Inline):
+            start, end = clamp(byte_range, len(entry.data))
+            return entry.data[start:end]
+        start, end = clamp(byte_range, entry.size)
+        path = self.location.path(f"objects/{entry.sha256}")
+        try:
+            if byte_range is None:
+                return self._checked(key, entry, bytes(obstore.get(self.location.store, path).bytes()))
+            if start == end:
+                return b""
+            return bytes(obstore.get_range(self.location.store, path, start=start, end=end))
+        except Exception as exc:
+            if isinstance(exc, KvmapError):
+                raise
+            raise self._object_failed(key, entry.sha256, exc) from exc
+
+    async def get_many(self, keys: Sequence[str], byte_ranges: Sequence[ByteRange | None]) -> list[Data | None]:
+        """:meth:`get` of many keys, in order; the base's keys in one batch of the base reader."""
+        state = await self._loaded_async()
+        out: list[Data | None] = [None] * len(keys)
+        base = [i for i, k in enumerate(keys) if self._entry(state, k) is _NO_ENTRY]
+        found = await self.reader.get_many([keys[i] for i in base], [byte_ranges[i] for i in base])
+        for i, data in zip(base, found, strict=True):
+            out[i] = data
+        mine = [i for i, k in enumerate(keys) if self._entry(state, k) is not _NO_ENTRY]
+        results = await asyncio.gather(*(self.get(keys[i], byte_ranges[i]) for i in mine))
+        for i, data in zip(mine, results, strict=True):
+            out[i] = data
+        return out
+
+    async def size(self, key: str) -> int | None:
+        """The size of ``key``'s value, ``None`` if absent."""
+        state = await self._loaded_async()
+        entry = self._entry(state, key)
+        if entry is _NO_ENTRY:
+            return await self.reader.size(key)
+        if entry is None:
+            return None
+        return len(entry.data) if isinstance(entry, _Inline) else entry.size
+
+    async def list_prefix(self, prefix: str) -> list[str]:
+        """The keys of the composite namespace that start with ``prefix``, sorted."""
+        state = await self._loaded_async()
+        view = self._view(state)
+        keys = set(await self.reader.list_prefix(prefix))
+        for key, entry in view.items():
+            if key.startswith(prefix):
+                if entry is None:
+                    keys.discard(key)
+                else:
+                    keys.add(key)
+        return sorted(keys)
+
+    async def list_dir(self, directory: str) -> list[str]:
+        """The children of ``directory`` (``""`` or ending in ``/``), sorted."""
+        state = await self._loaded_async()
+        view = self._view(state)
+        if any(e is None and k.startswith(directory) for k, e in view.items()):
+            # A whiteout can empty a directory of the base: only the full listing tells.
+            keys = await self.list_prefix(directory)
+            return sorted({k[len(directory) :].split("/", 1)[0] for k in keys})
+        names = set(await self.reader.list_dir(directory))
+        names.update(k[len(directory) :].split("/", 1)[0] for k in view if k.startswith(directory))
+        names.discard("")  # a key equal to the directory with its "/" is not a child
+        return sorted(names)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _write_failed(self, key: str, exc: BaseException) -> WriteError:
+        return WriteError(f"writing to the overlay failed: {type(exc).__name__}: {exc}", key=key, url=self.url)
+
+    async def set(self, key: str, data: Any) -> None:
+        """Make ``key`` hold ``data`` (pending until :meth:`commit`). A large value is written to its
+        object at once. Raises :class:`~kvmap.WriteError` if that write fails (nothing changes)."""
+        await self._loaded_async()
+        value = bytes(data)
+        if len(value) <= INLINE_LIMIT:
+            self._pending[key] = _Inline(value)
+            return
+        sha = hashlib.sha256(value).hexdigest()
+        try:
+            # Overwrite, not create: rewriting an existing object refreshes its age, which keeps
+            # collect_garbage's grace period true for a value this writer is about to commit.
+            await obstore.put_async(self.location.store, self.location.path(f"objects/{sha}"), value)
+        except Exception as exc:
+            raise self._write_failed(key, exc) from exc
+        self._pending[key] = _Object(sha, len(value))
+
+    def set_sync(self, key: str, data: Any) -> None:
+        """:meth:`set` with blocking I/O."""
+        self._loaded()
+        value = bytes(data)
+        if len(value) <= INLINE_LIMIT:
+            self._pending[key] = _Inline(value)
+            return
+        sha = hashlib.sha256(value).hexdigest()
+        try:
+            obstore.put(self.location.store, self.location.path(f"objects/{sha}"), value)
+        except Exception as exc:
+            raise self._write_failed(key, exc) from exc
+        self._pending[key] = _Object(sha, len(value))
+
+    async def delete(self, key: str) -> None:
+        """Make ``key`` absent (a pending whiteout); no I/O after the first load."""
+        await self._loaded_async()
+        self._pending[key] = None
+
+    def delete_sync(self, key: str) -> None:
+        """:meth:`delete` without an event loop."""
+        self._loaded()
+        self._pending[key] = None
+
+    async def delete_dir(self, prefix: str) -> None:
+        """Whiteouts for every key of the composite namespace below ``prefix`` (``""``: every key)."""
+        for key in await self.list_prefix(prefix):
+            self._pending[key] = None
+
+    # -- commits ------------------------------------------------------------------------------
+
+    def discard(self) -> None:
+        """Drop the pending writes (their objects stay, unreferenced, for :func:`collect_garbage`)."""
+        with self._lock:
+            self._pending.clear()
+
+    def commit(self) -> int:
+        """Make the pending writes visible to every store opened from now on; return the number of
+        the commit. Afterwards this overlay's view is that commit (with nothing pending: the newest
+        commit, read again).
+
+        Raises :class:`OverlayConflictError` when another writer committed a change to one of the
+        pending keys since this overlay's view (then nothing is committed and the writes stay
+        pending), and :class:`~kvmap.WriteError` when the commit cannot be written.
+        """
+        with self._lock:
+            state = self._loaded()
+            pending = dict(self._pending)
+            if not pending:
+                # Nothing to write: the view moves to the newest commit, as after a commit.
+                self._state = None
+                return self._loaded().number
+            while True:
+                number = state.number + 1
+                new = _State(number, {**state.entries, **pending}, self._base)
+                name = _commit_name(number)
+                try:
+                    obstore.put(
+                        self.location.store, self.location.path(name), _commit_bytes(new, pending), mode="create"
+                    )
+                    break
+                except AlreadyExistsError:
+                    pass
+                except Exception as exc:
+                    raise WriteError(
+                        f"writing the commit failed: {type(exc).__name__}: {exc}", url=self.url + name
+                    ) from exc
+                # Lost the race: rebase onto the newest commit, unless it changed one of our keys.
+                newer = self.location.load()
+                changed = sorted(
+                    k for k in pending if newer.entries.get(k, _NO_ENTRY) != state.entries.get(k, _NO_ENTRY)
+                )
+                if changed:
+                    shown = ", ".join(map(repr, changed[:5])) + (", ..." if len(changed) > 5 else "")
+                    raise OverlayConflictError(
+                        f"commit {newer.number} changed {len(changed)} key(s) this commit also writes: {shown}",
+                        keys=changed,
+                        url=self.url + _commit_name(newer.number),
+                    )
+                if newer.base is not None and not self.allow_base_change:
+                    self._base = newer.base  # keep the identity the other writer checked
+                state = newer
+            self._state = new
+            for key, entry in pending.items():
+                # A write made while the commit was in flight stays pending.
+                if self._pending.get(key, _NO_ENTRY) is entry:
+                    del self._pending[key]
+            with contextlib.suppress(Exception):  # the hint is only a hint: probing finds the commit
+                obstore.put(self.location.store, self.location.path("latest"), str(number).encode())
+            return number
+
+    def refresh(self) -> int:
+        """Read the newest commit again (pending writes stay on top); return its number."""
+        with self._lock:
+            self._state = None
+            return self._loaded().number
+
+
+# -- squash and garbage collection ------------------------------------------------------------------
+
+
+def _reader(target: str | os.PathLike[str] | Manifest, stores: Mapping[str, Mapping[str, Any]] | None) -> Reader:
+    from kvmap.reader import Reader  # at call time: kvmap.reader imports this module's importers
+
+    return Reader(target if isinstance(target, Manifest) else place_url(target), stores=stores, allow_all=True)
+
+
+def squash(
+    target: str | os.PathLike[str] | Manifest,
+    overlay: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    stores: Mapping[str, Mapping[str, Any]] | None = None,
+    allow_base_change: bool = False,
+) -> Manifest:
+    """Write base ``target`` with ``overlay``'s newest commit on top as one new standalone manifest at
+    ``out`` (a local path, saved with :meth:`Manifest.save`, atomically; or an object-store URL, put
+    whole), and return it. Its entries are the base manifest's, rebased for ``out``, followed by the
+    overlay's (later entries win): exact entries onto the overlay's objects, inline values, whiteouts.
+    The manifest no longer needs the overlay's commits, but still reads its objects: do not collect
+    them while it is in use (:func:`collect_garbage` keeps only what commits reference).
+
+    A base that is a pipeline into a nested manifest's key prefix is kept as one chained entry
+    ``{"prefix": "", "path": TARGET}``. Raises :class:`OverlayBaseChangedError` if the base changed
+    since the overlay was made (unless ``allow_base_change``), :class:`~kvmap.ManifestError` for a
+    base target no path names from ``out``, and what saving raises (:class:`~kvmap.SaveError`).
+    """
+    reader = _reader(target, stores)
+    layer = Overlay(reader, overlay, allow_base_change=allow_base_change)
+    state = layer._loaded()
+    out_text = os.fspath(out)
+    local = "://" not in out_text or out_text.startswith("file://")
+    out_url = path_url(out_text) if "://" not in out_text else out_text
+    pipe = None if isinstance(target, Manifest) else Pipeline.parse(place_url(target))
+    if pipe is not None and pipe.adapters and pipe.adapters[-1].path:
+        entries: list[dict[str, Any]] = [{"prefix": "", "path": pipe.format()}]
+    else:
+        entries = list(reader.manifest_sync().rebased(out_url).to_json()["entries"])
+    for key in sorted(state.entries):
+        entry = state.entries[key]
+        raw = _entry_json(key, entry)
+        if isinstance(entry, _Object):
+            raw["path"] = f"{layer.url}objects/{entry.sha256}"
+        entries.append(raw)
+    manifest = Manifest.from_json(entries, out_url)
+    if local:
+        manifest.save(out_text.removeprefix("file://") if out_text.startswith("file://") else out_text)
+    else:
+        store, path = reader.roots.open_for_write(out_url)
+        obstore.put(store, path, manifest.dumps())
+    return manifest
+
+
+@dataclass
+class GarbageReport:
+    """What :func:`collect_garbage` removed: object names (sha256) and commit numbers, and how many
+    objects it kept (referenced, or too young to judge)."""
+
+    objects: list[str] = field(default_factory=list)
+    commits: list[int] = field(default_factory=list)
+    kept: int = 0
+
+
+def collect_garbage(
+    overlay: str | os.PathLike[str],
+    *,
+    grace: datetime.timedelta = datetime.timedelta(hours=24),
+    keep_commits: int | None = None,
+    stores: Mapping[str, Mapping[str, Any]] | None = None,
+) -> GarbageReport:
+    """Delete the objects of ``overlay`` that no kept commit references.
+
+    A writer writes a large value's object before the commit that references it, so an object that
+    no commit references yet may belong to a commit in flight. An object is deleted only if no kept
+    commit references it, and it was last written no later than the newest commit and at least
+    ``grace`` ago: a writer must commit within ``grace`` of its writes (re-writing a value refreshes
+    its object's age). ``keep_commits`` (default: all) keeps the newest that many commits and deletes
+    older ones, oldest first; a store still reading an older commit may then find objects gone.
+    Stores opened on the overlay after it see no difference. Raises what the listing raises.
+    """
+    from kvmap.roots import Roots
+
+    location = _Location.open(overlay, Roots(stores))
+    latest = location.latest_number()
+    report = GarbageReport()
+    first = 1 if keep_commits is None else max(1, latest - keep_commits + 1)
+    referenced: set[str] = set()
+    for number in range(first, latest + 1):
+        entries = location.read(number).entries.values()
+        referenced.update(e.sha256 for e in entries if isinstance(e, _Object))
+    cutoff = datetime.datetime.now(datetime.UTC) - grace
+    if latest:
+        newest = obstore.head(location.store, location.path(_commit_name(latest)))["last_modified"]
+        cutoff = min(cutoff, newest)
+    for batch in obstore.list(location.store, location.path("objects/")):
+        for meta in batch:
+            name = meta["path"].rpartition("/")[2]
+            if name in referenced or meta["last_modified"] > cutoff:
+                report.kept += 1
+                continue
+            obstore.delete(location.store, meta["path"])
+            report.objects.append(name)
+    if first > 1:
+        old = []
+        for batch in obstore.list(location.store, location.path("commits/")):
+            for meta in batch:
+                m = _COMMIT.match(meta["path"].rpartition("/")[2])
+                if m is not None and int(m.group(1)) < first:
+                    old.append(int(m.group(1)))
+        for number in sorted(old):  # oldest first: the commits above a surviving one stay contiguous
+            obstore.delete(location.store, location.path(_commit_name(number)))
+            report.commits.append(number)
+    return report
