@@ -17,6 +17,7 @@ from kvmap.chain import Hop, Location
 from kvmap.check import CheckReport, check
 from kvmap.compiled import CompiledMap, Explanation, Piece, Resolution, compile
 from kvmap.compose import compose
+from kvmap.concat import ConcatError, concatenate, concatenate_datasets
 from kvmap.convert import Converted, convert
 from kvmap.entries import Entry
 from kvmap.errors import (
@@ -54,6 +55,7 @@ __all__ = [
     "ChainError",
     "CheckReport",
     "CompiledMap",
+    "ConcatError",
     "ConvertError",
     "Converted",
     "DanglingReferenceError",
@@ -90,6 +92,8 @@ __all__ = [
     "collect_garbage",
     "compile",
     "compose",
+    "concatenate",
+    "concatenate_datasets",
     "convert",
     "memory_store",
     "open_zarr",

@@ -318,6 +318,10 @@ async def _bounded(work: Sequence[Callable[[], Awaitable[T]]], concurrency: int)
 def _cmd_check(args: argparse.Namespace) -> int:
     from kvmap.check import check
 
+    if args.pin:
+        return _cmd_pin(args)
+    if args.output is not None:
+        return _fail("-o/--output is for --pin (kvmap check --pin TARGET -o OUT)")
     progress = _Progress("checking", threshold=0) if sys.stderr.isatty() else None
     try:
         report = check(
@@ -346,6 +350,29 @@ def _cmd_check(args: argparse.Namespace) -> int:
             n = len(report.problems)
             _out(f"{report.target}: {_count(n, 'problem')}, checked {checked}", "bold red")
     return 0 if report.ok else 1
+
+
+def _cmd_pin(args: argparse.Namespace) -> int:
+    """``check --pin``: the manifest with every exact target pinned, saved to ``-o`` (atomically),
+    or over the target itself when it is a local JSON manifest and no ``-o`` is given."""
+    from kvmap.check import pin_manifest
+
+    output = args.output
+    if output is None:
+        output = _local_path(place_url(args.manifest))
+        if output is None or not output.lower().endswith(".json"):
+            return _fail(f"{args.manifest}: --pin rewrites only a local JSON manifest in place; give -o OUT")
+    out_path = _local_path(place_url(output))
+    if out_path is None:
+        return _fail(f"{output}: --pin writes a local file; give -o a path")
+    pinned = pin_manifest(args.manifest, allow=args.allow, allow_all=args.allow_all, concurrency=args.concurrency)
+    pinned.save(out_path)
+    n = sum(1 for e in pinned.entries if e.pins is not None)
+    if args.json:
+        _print_json({"target": args.manifest, "output": out_path, "pinned": n})
+    else:
+        _out(f"{args.manifest}: pinned {_count(n, 'exact target')}, wrote {out_path}", "green")
+    return 0
 
 
 # -- compose ----------------------------------------------------------------------------------
@@ -577,6 +604,35 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_concat(args: argparse.Namespace) -> int:
+    from kvmap.concat import concatenate, concatenate_datasets
+
+    out_url = place_url(args.output)
+    path = _local_path(out_url)
+    if path is None:
+        return _fail(f"{out_url}: concat writes a local file; give -o a path")
+    options: dict[str, Any] = {
+        "attributes": None if args.attrs is None else dict(args.attrs),
+        "url": out_url,
+        "allow": args.allow,
+        "allow_all": args.allow_all,
+    }
+    if args.dim is not None:
+        manifest = concatenate_datasets(args.sources, args.dim, **options)
+    else:
+        manifest = concatenate(args.sources, 0 if args.axis is None else args.axis, **options)
+    manifest.save(path)
+    needed = allow_prefixes(compile(manifest).target_roots(), out_url)
+    if args.json:
+        _print_json({"output": out_url, "entries": len(manifest), "sources": len(args.sources), "allow": needed})
+        return 0
+    _out(f"{args.output}: {_count(len(args.sources), 'source')} joined, {len(manifest)} entries, no bytes copied")
+    if needed:
+        flags = " ".join(f"--allow {p}" for p in needed)
+        _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
+    return 0
+
+
 def _cmd_squash(args: argparse.Namespace) -> int:
     from kvmap.overlay import squash
 
@@ -723,6 +779,13 @@ def _parser() -> argparse.ArgumentParser:
         _cmd_check,
     )
     p.add_argument("--concurrency", type=_positive, default=32, metavar="N", help="reads in flight (default 32)")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="instead of checking, pin every exact target (etag, version and sha256 of its bytes; local "
+        "files: sha256 only) and write the manifest to -o, or over TARGET if it is a local JSON file",
+    )
+    p.add_argument("-o", "--output", metavar="OUT", help="with --pin: the manifest file to write")
     _add_json(p, "one JSON object per problem (JSON Lines), nothing when there is none")
     _add_policy(p)
 
@@ -792,6 +855,26 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_BUILD_MEMORY >> 20,
         metavar="MIB",
         help="about the most a columnar build holds, in MiB (larger JSON inputs are streamed; default %(default)s)",
+    )
+    _add_json(p, "one JSON object: what was written")
+    _add_policy(p)
+
+    p = _sub(
+        sub, "concat", "write the manifest of arrays (or groups) joined along an axis, copying no bytes", _cmd_concat,
+        target=False,
+    )  # fmt: skip
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="an array (or group): a path, URL or pipeline")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the manifest file to write")
+    join = p.add_mutually_exclusive_group()
+    join.add_argument("--axis", type=int, metavar="N", help="join arrays along axis N (default 0)")
+    join.add_argument("--dim", metavar="NAME", help="join groups: each array with dimension NAME along it")
+    p.add_argument(
+        "--attr",
+        dest="attrs",
+        action="append",
+        type=_attribute,
+        metavar="KEY=VALUE",
+        help="an attribute of the result (repeatable); VALUE is JSON, or else a string",
     )
     _add_json(p, "one JSON object: what was written")
     _add_policy(p)

@@ -522,3 +522,20 @@ def test_squash_and_gc_on_the_command_line(tmp_path: Path) -> None:
     removed = _records(run.stdout)[0]
     assert (len(removed["objects"]), removed["kept"]) == (1, 1)
     assert cat("b").stdout == big
+
+
+def test_concat_on_the_command_line(arrays: Path) -> None:
+    """`kvmap concat` joins arrays along an axis without copying a byte; a source that does not
+    end on a chunk boundary is refused with one line, exit 1."""
+    run = _run("concat", "t.zarr", "t.zarr", "-o", "joined.json", "--json", cwd=arrays)
+    assert run.returncode == 0, run.stderr
+    assert _records(run.stdout)[0]["sources"] == 2
+    joined = zarr.open_array(kvmap.KVMapStore(arrays / "joined.json", read_only=True), mode="r")
+    np.testing.assert_array_equal(joined[...], np.concatenate([np.arange(4, dtype="i4")] * 2))
+    odd = zarr.create_array(str(arrays / "odd.zarr"), shape=(3,), chunks=(2,), dtype="i4")
+    odd[:] = [7, 8, 9]
+    run = _run("concat", "odd.zarr", "t.zarr", "-o", "bad.json", cwd=arrays)
+    assert run.returncode == 1
+    assert run.stderr.startswith("kvmap: source 0")
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert not (arrays / "bad.json").exists()
