@@ -656,10 +656,19 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
     done = collect_garbage(args.overlay, grace=datetime.timedelta(hours=args.grace), keep_commits=args.keep_commits)
     if args.json:
-        _print_json({"overlay": args.overlay, "objects": done.objects, "commits": done.commits, "kept": done.kept})
+        _print_json(
+            {
+                "overlay": args.overlay,
+                "objects": done.objects,
+                "commits": done.commits,
+                "pending": done.pending,
+                "kept": done.kept,
+            }
+        )
         return 0
     _out(
-        f"{args.overlay}: removed {_count(len(done.objects), 'object')} and {_count(len(done.commits), 'commit')}, "
+        f"{args.overlay}: removed {_count(len(done.objects), 'object')}, {_count(len(done.commits), 'commit')} and "
+        f"{_count(len(done.pending), 'pending record')} of sessions that never committed, "
         f"kept {_count(done.kept, 'object')}"
     )
     return 0

@@ -10,6 +10,7 @@ Layout of an overlay at ``URL`` (a directory or prefix on a backend with create-
     URL/objects/<sha256 hex>          the bytes of values larger than INLINE_LIMIT, content-addressed
     URL/commits/<20-digit number>.json  one commit: the overlay's whole entry list (a snapshot)
     URL/latest                        a hint: the number of a recent commit (never trusted alone)
+    URL/pending/<session>/<copy>-<n>.json  a write a copy of a store recorded for its session's owner
 
 **Values.** A value of at most :data:`INLINE_LIMIT` bytes (zarr metadata documents, small chunks) is
 held inline in the commit; a larger one is written at once to ``objects/<sha256>``. Content addressing
@@ -42,7 +43,16 @@ changed (size, or sha256 when the ETag differs: a copied local file gets a new E
 bytes) raises :class:`OverlayBaseChangedError`, unless ``allow_base_change=True``: then the store opens,
 and its next commit records the new base.
 
-A crash before a commit leaves only unreferenced objects: :func:`collect_garbage` removes them.
+**Copies (dask workers).** A store made with ``overlay=`` owns a *session* (a random id); its pickles
+carry the id, and a store unpickled from one is a *member*: it writes objects as the owner does,
+records each write (the entry; a small value inline) in a new ``pending/<session>/`` object created
+with ``mode="create"``, and never commits. The owner's :meth:`Overlay.commit` gathers the session's
+records and commits them with its own pending writes as one commit, then deletes them. One copy's
+writes are ordered (its later write of a key wins); two copies, or a copy and the owner, that wrote a
+key differently make the commit raise :class:`OverlayConflictError` (nothing committed).
+
+A crash before a commit leaves only unreferenced objects and records: :func:`collect_garbage`
+removes them.
 :func:`squash` writes base + overlay as one new standalone manifest.
 """
 
@@ -51,13 +61,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import datetime
 import hashlib
 import json
 import os
 import re
+import socket
 import threading
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -109,6 +122,9 @@ FORMAT = 1
 _DIGITS = 20
 _OBJECT = re.compile(r"\.\./objects/([0-9a-f]{64})\Z")
 _COMMIT = re.compile(r"(\d{20})\.json\Z")
+_RECORD = re.compile(r"([0-9a-f]{32})-(\d{20})\.json\Z")  # pending/<session>/<member>-<seq>.json
+_SESSION = re.compile(r"[0-9a-f]{32}\Z")
+_GATHER_THREADS = 16  # concurrent reads of a session's write records at commit
 
 
 # -- entries ----------------------------------------------------------------------------------------
@@ -192,16 +208,88 @@ def _parse_commit(data: bytes, url: str, number: int) -> _State:
     return _State(number, entries, base)
 
 
-def _commit_bytes(state: _State, changed: Iterable[str]) -> bytes:
-    doc = {
+def _commit_bytes(state: _State, changed: Iterable[str], session: str | None = None) -> bytes:
+    doc: dict[str, Any] = {
         "kvmap_overlay": FORMAT,
         "commit": state.number,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
         "base": state.base,
         "changed": sorted(changed),
-        "entries": [_entry_json(k, state.entries[k]) for k in sorted(state.entries)],
+    }
+    if session is not None:
+        doc["session"] = session  # the session whose copies' records this commit holds
+    doc["entries"] = [_entry_json(k, state.entries[k]) for k in sorted(state.entries)]
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# -- the write records of a session's copies --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """One write record: writes (in order) that copy ``member`` of a session's store made."""
+
+    name: str  # the object path, for deleting it
+    member: str
+    seq: int
+    writes: list[tuple[str, Entry]]
+
+
+def _record_name(session: str, member: str, seq: int) -> str:
+    return f"pending/{session}/{member}-{seq:0{_DIGITS}d}.json"
+
+
+def _record_bytes(session: str, member: str, seq: int, writes: Mapping[str, Entry]) -> bytes:
+    doc = {
+        "kvmap_overlay_pending": FORMAT,
+        "session": session,
+        "member": member,
+        "seq": seq,
+        "writer": f"{socket.gethostname()}:{os.getpid()}",  # for diagnostics only
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        "entries": [_entry_json(k, e) for k, e in writes.items()],
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _parse_record(data: bytes, url: str, name: str, session: str) -> _Record:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OverlayCorruptError(f"{url}: not JSON ({exc})") from None
+    m = _RECORD.match(name.rpartition("/")[2])
+    if (
+        m is None
+        or not isinstance(doc, dict)
+        or doc.get("kvmap_overlay_pending") != FORMAT
+        or doc.get("session") != session
+        or doc.get("member") != m.group(1)
+        or doc.get("seq") != int(m.group(2))
+        or not isinstance(doc.get("entries"), list)
+    ):
+        raise OverlayCorruptError(f"{url}: not a version-{FORMAT} write record of session {session}")
+    writes = [_parse_entry(e, url, i) for i, e in enumerate(doc["entries"])]
+    return _Record(name, m.group(1), int(m.group(2)), writes)
+
+
+def _merge_records(records: Iterable[_Record]) -> tuple[dict[str, Entry], list[str]]:
+    """The session's writes from its records, and the keys its copies wrote differently.
+
+    A copy's own writes are ordered (by its sequence numbers, then within a record): its last write
+    of a key wins. Copies are not ordered against each other (they are different processes), so two
+    copies' last writes of one key must agree; a key they wrote differently is a conflict.
+    """
+    per_member: dict[str, dict[str, Entry]] = {}
+    for record in sorted(records, key=lambda r: (r.member, r.seq)):
+        per_member.setdefault(record.member, {}).update(record.writes)
+    merged: dict[str, Entry] = {}
+    conflicts: set[str] = set()
+    for writes in per_member.values():
+        for key, entry in writes.items():
+            if merged.get(key, entry) != entry:
+                conflicts.add(key)
+            merged[key] = entry
+    return merged, sorted(conflicts)
 
 
 class _Location:
@@ -345,18 +433,45 @@ class Overlay:
     cannot read.
     """
 
-    def __init__(self, reader: Reader, url: str | os.PathLike[str], *, allow_base_change: bool = False) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        url: str | os.PathLike[str],
+        *,
+        allow_base_change: bool = False,
+        session: str | None = None,
+    ) -> None:
         self.reader = reader
         self.location = _Location.open(url, reader.roots)
         self.url = self.location.url
         self.allow_base_change = allow_base_change
+        if session is not None and not _SESSION.match(session):
+            raise ValueError(f"{session!r} is not a session id (32 hex digits)")
+        #: The session this overlay's writes belong to: chosen here for a new overlay (its *owner*),
+        #: carried by its pickles, whose copies (*members*) record their writes for the owner.
+        self.session = session or uuid.uuid4().hex
+        #: ``True`` for a copy of another store's overlay (made with ``session=``): its writes are
+        #: recorded under ``pending/<session>/`` and committed by the owner, never by the copy.
+        self.member = session is not None
+        self._member_id = uuid.uuid4().hex  # this copy's name in its records
+        self._seq = 0
+        self._mine: list[str] = []  # a member's records, for discard()
+        self._shared = self.member  # whether a copy may have recorded writes (the owner was pickled)
+        self._skip: set[str] = set()  # the owner's records already committed or discarded, not deleted
         self._state: _State | None = None
         self._base: dict[str, Any] | None = None  # the base identity the next commit records
         self._pending: dict[str, Entry] = {}
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
-        return f"Overlay({self.url!r})"
+        return f"Overlay({self.url!r}, session={self.session!r}{', member' if self.member else ''})"
+
+    def share(self) -> str:
+        """The session id, for a copy of this overlay in another process (``Overlay(...,
+        session=)``, as :class:`~kvmap.KVMapStore` unpickles); the owner's commits gather the
+        copies' recorded writes from then on."""
+        self._shared = True
+        return self.session
 
     # -- state --------------------------------------------------------------------------------
 
@@ -390,7 +505,8 @@ class Overlay:
 
     @property
     def pending(self) -> Mapping[str, Entry]:
-        """The writes not yet committed (a copy)."""
+        """This overlay's own writes not yet committed (a copy); for an owner, without the writes
+        its copies recorded (:meth:`commit` gathers those)."""
         return dict(self._pending)
 
     def _entry(self, state: _State, key: str) -> Any:
@@ -523,69 +639,201 @@ class Overlay:
 
     async def set(self, key: str, data: Any) -> None:
         """Make ``key`` hold ``data`` (pending until :meth:`commit`). A large value is written to its
-        object at once. Raises :class:`~kvmap.WriteError` if that write fails (nothing changes)."""
+        object at once; a member also records the write. Raises :class:`~kvmap.WriteError` if a
+        write fails (nothing changes)."""
         await self._loaded_async()
         value = bytes(data)
-        if len(value) <= INLINE_LIMIT:
-            self._pending[key] = _Inline(value)
-            return
-        sha = hashlib.sha256(value).hexdigest()
-        try:
-            # Overwrite, not create: rewriting an existing object refreshes its age, which keeps
-            # collect_garbage's grace period true for a value this writer is about to commit.
-            await obstore.put_async(self.location.store, self.location.path(f"objects/{sha}"), value)
-        except Exception as exc:
-            raise self._write_failed(key, exc) from exc
-        self._pending[key] = _Object(sha, len(value))
+        entry = self._entry_for(value)
+        if isinstance(entry, _Object):
+            try:
+                # Overwrite, not create: rewriting an existing object refreshes its age, which keeps
+                # collect_garbage's grace period true for a value this writer is about to commit.
+                await obstore.put_async(self.location.store, self.location.path(f"objects/{entry.sha256}"), value)
+            except Exception as exc:
+                raise self._write_failed(key, exc) from exc
+        await self._note_async({key: entry})
 
     def set_sync(self, key: str, data: Any) -> None:
         """:meth:`set` with blocking I/O."""
         self._loaded()
         value = bytes(data)
-        if len(value) <= INLINE_LIMIT:
-            self._pending[key] = _Inline(value)
-            return
-        sha = hashlib.sha256(value).hexdigest()
-        try:
-            obstore.put(self.location.store, self.location.path(f"objects/{sha}"), value)
-        except Exception as exc:
-            raise self._write_failed(key, exc) from exc
-        self._pending[key] = _Object(sha, len(value))
+        entry = self._entry_for(value)
+        if isinstance(entry, _Object):
+            try:
+                obstore.put(self.location.store, self.location.path(f"objects/{entry.sha256}"), value)
+            except Exception as exc:
+                raise self._write_failed(key, exc) from exc
+        self._note_sync({key: entry})
 
     async def delete(self, key: str) -> None:
-        """Make ``key`` absent (a pending whiteout); no I/O after the first load."""
+        """Make ``key`` absent (a pending whiteout); no I/O after the first load, but a member's
+        record of it."""
         await self._loaded_async()
-        self._pending[key] = None
+        await self._note_async({key: None})
 
     def delete_sync(self, key: str) -> None:
         """:meth:`delete` without an event loop."""
         self._loaded()
-        self._pending[key] = None
+        self._note_sync({key: None})
 
     async def delete_dir(self, prefix: str) -> None:
         """Whiteouts for every key of the composite namespace below ``prefix`` (``""``: every key)."""
-        for key in await self.list_prefix(prefix):
-            self._pending[key] = None
+        keys = await self.list_prefix(prefix)
+        if keys:
+            await self._note_async(dict.fromkeys(keys))
+
+    @staticmethod
+    def _entry_for(value: bytes) -> Entry:
+        if len(value) <= INLINE_LIMIT:
+            return _Inline(value)
+        return _Object(hashlib.sha256(value).hexdigest(), len(value))
+
+    def _next_record(self, writes: Mapping[str, Entry]) -> tuple[str, bytes]:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        name = _record_name(self.session, self._member_id, seq)
+        return name, _record_bytes(self.session, self._member_id, seq, writes)
+
+    def _record_failed(self, writes: Mapping[str, Entry], exc: BaseException) -> WriteError:
+        return WriteError(
+            f"recording the write for the session's owner failed: {type(exc).__name__}: {exc}",
+            key=next(iter(writes)),
+            url=self.url,
+        )
+
+    async def _note_async(self, writes: dict[str, Entry]) -> None:
+        if self.member:
+            # Durable before the write returns: the task that wrote it may end, and its process
+            # with it, before the owner commits. A new name each time, created, never overwritten.
+            name, doc = self._next_record(writes)
+            try:
+                await obstore.put_async(self.location.store, self.location.path(name), doc, mode="create")
+            except Exception as exc:
+                raise self._record_failed(writes, exc) from exc
+            self._mine.append(name)
+        self._pending.update(writes)
+
+    def _note_sync(self, writes: dict[str, Entry]) -> None:
+        if self.member:
+            name, doc = self._next_record(writes)
+            try:
+                obstore.put(self.location.store, self.location.path(name), doc, mode="create")
+            except Exception as exc:
+                raise self._record_failed(writes, exc) from exc
+            self._mine.append(name)
+        self._pending.update(writes)
+
+    # -- the session's records ------------------------------------------------------------------
+
+    def _record_paths(self) -> list[str]:
+        """The object paths of the session's records (not yet committed or discarded by the owner)."""
+        out: list[str] = []
+        try:
+            for batch in obstore.list(self.location.store, self.location.path(f"pending/{self.session}/")):
+                for meta in batch:
+                    path = meta["path"]
+                    if _RECORD.match(path.rpartition("/")[2]) and path not in self._skip:
+                        out.append(path)
+        except Exception as exc:
+            raise WriteError(
+                f"listing the session's write records failed: {type(exc).__name__}: {exc}",
+                url=f"{self.url}pending/{self.session}/",
+            ) from exc
+        return sorted(out)
+
+    def _gather(self) -> list[_Record]:
+        """The session's records, read concurrently."""
+        paths = self._record_paths()
+        prefix_len = len(self.location.prefix)
+
+        def read(path: str) -> _Record:
+            try:
+                data = bytes(obstore.get(self.location.store, path).bytes())
+            except Exception as exc:
+                raise WriteError(
+                    f"reading a write record of the session failed: {type(exc).__name__}: {exc}",
+                    url=self.url + path[prefix_len:],
+                ) from exc
+            return _parse_record(data, self.url + path[prefix_len:], path, self.session)
+
+        if len(paths) <= 1:
+            return [read(p) for p in paths]
+        with concurrent.futures.ThreadPoolExecutor(min(_GATHER_THREADS, len(paths))) as pool:
+            return list(pool.map(read, paths))
+
+    def _drop_records(self, paths: Iterable[str]) -> None:
+        """Delete records (best effort): one that stays is never gathered again by this owner, and
+        :func:`collect_garbage` removes it."""
+        paths = list(paths)
+        self._skip.update(paths)
+
+        def drop(path: str) -> None:
+            with contextlib.suppress(Exception):
+                obstore.delete(self.location.store, path)
+                self._skip.discard(path)
+
+        if len(paths) <= 1:
+            for path in paths:
+                drop(path)
+            return
+        with concurrent.futures.ThreadPoolExecutor(min(_GATHER_THREADS, len(paths))) as pool:
+            list(pool.map(drop, paths))
 
     # -- commits ------------------------------------------------------------------------------
 
     def discard(self) -> None:
-        """Drop the pending writes (their objects stay, unreferenced, for :func:`collect_garbage`)."""
+        """Drop the pending writes (their objects stay, unreferenced, for :func:`collect_garbage`).
+
+        An owner also drops the writes its copies recorded so far (deleting the session's records);
+        a member drops its own records. Deleting is best effort: a record that stays is never
+        committed by this owner (and :func:`collect_garbage` removes it)."""
         with self._lock:
             self._pending.clear()
+            if self.member:
+                mine, self._mine = self._mine, []
+                self._drop_records(self.location.path(name) for name in mine)
+            elif self._shared:
+                with contextlib.suppress(Exception):
+                    self._drop_records(self._record_paths())
 
     def commit(self) -> int:
         """Make the pending writes visible to every store opened from now on; return the number of
         the commit. Afterwards this overlay's view is that commit (with nothing pending: the newest
         commit, read again).
 
+        The pending writes are this overlay's own and, once it has been pickled (:meth:`share`),
+        every write its copies recorded in the session so far: one commit holds them all, and the
+        records are deleted after it.
+
         Raises :class:`OverlayConflictError` when another writer committed a change to one of the
-        pending keys since this overlay's view (then nothing is committed and the writes stay
-        pending), and :class:`~kvmap.WriteError` when the commit cannot be written.
+        pending keys since this overlay's view, or when two copies of the session (or a copy and
+        this overlay) wrote one key differently: then nothing is committed and the writes stay
+        pending. Raises :class:`~kvmap.WriteError` when the commit cannot be written or a record
+        cannot be read, and for a member (a copy commits nothing: its owner does).
         """
+        if self.member:
+            raise WriteError(
+                "cannot commit from a copy of an overlay store (an unpickled one, e.g. on a dask "
+                f"worker): its writes are recorded under pending/{self.session}/ for the store it was "
+                "copied from, whose commit() commits them",
+                url=self.url,
+            )
         with self._lock:
             state = self._loaded()
-            pending = dict(self._pending)
+            own = dict(self._pending)
+            records = self._gather() if self._shared else []
+            recorded, disagree = _merge_records(records)
+            disagree = sorted({*disagree, *(k for k, e in recorded.items() if own.get(k, e) != e)})
+            if disagree:
+                shown = ", ".join(map(repr, disagree[:5])) + (", ..." if len(disagree) > 5 else "")
+                raise OverlayConflictError(
+                    f"{len(disagree)} key(s) were written differently by copies of this store in one "
+                    f"session (different processes or tasks; no order between them): {shown}",
+                    keys=disagree,
+                    url=f"{self.url}pending/{self.session}/",
+                )
+            pending = {**recorded, **own}
             if not pending:
                 # Nothing to write: the view moves to the newest commit, as after a commit.
                 self._state = None
@@ -595,9 +843,8 @@ class Overlay:
                 new = _State(number, {**state.entries, **pending}, self._base)
                 name = _commit_name(number)
                 try:
-                    obstore.put(
-                        self.location.store, self.location.path(name), _commit_bytes(new, pending), mode="create"
-                    )
+                    doc = _commit_bytes(new, pending, self.session if records else None)
+                    obstore.put(self.location.store, self.location.path(name), doc, mode="create")
                     break
                 except AlreadyExistsError:
                     pass
@@ -621,7 +868,9 @@ class Overlay:
                     self._base = newer.base  # keep the identity the other writer checked
                 state = newer
             self._state = new
-            for key, entry in pending.items():
+            # The records are in the commit: never gathered again (kept in _skip until deleted).
+            self._drop_records(r.name for r in records)
+            for key, entry in own.items():
                 # A write made while the commit was in flight stays pending.
                 if self._pending.get(key, _NO_ENTRY) is entry:
                     del self._pending[key]
@@ -693,12 +942,13 @@ def squash(
 
 @dataclass
 class GarbageReport:
-    """What :func:`collect_garbage` removed: object names (sha256) and commit numbers, and how many
-    objects it kept (referenced, or too young to judge)."""
+    """What :func:`collect_garbage` removed: object names (sha256), commit numbers and write records
+    (``<session>/<name>``), and how many objects it kept (referenced, or too young to judge)."""
 
     objects: list[str] = field(default_factory=list)
     commits: list[int] = field(default_factory=list)
     kept: int = 0
+    pending: list[str] = field(default_factory=list)
 
 
 def collect_garbage(
@@ -708,15 +958,18 @@ def collect_garbage(
     keep_commits: int | None = None,
     stores: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> GarbageReport:
-    """Delete the objects of ``overlay`` that no kept commit references.
+    """Delete the objects of ``overlay`` that no kept commit references, and stale write records.
 
     A writer writes a large value's object before the commit that references it, so an object that
     no commit references yet may belong to a commit in flight. An object is deleted only if no kept
     commit references it, and it was last written no later than the newest commit and at least
     ``grace`` ago: a writer must commit within ``grace`` of its writes (re-writing a value refreshes
-    its object's age). ``keep_commits`` (default: all) keeps the newest that many commits and deletes
-    older ones, oldest first; a store still reading an older commit may then find objects gone.
-    Stores opened on the overlay after it see no difference. Raises what the listing raises.
+    its object's age). The write records of a session's copies (``pending/``) follow the same rule:
+    a record last written no later than the newest commit and at least ``grace`` ago is deleted (its
+    session's owner crashed, or committed and could not delete it); a younger one is kept, and so
+    are the objects it names. ``keep_commits`` (default: all) keeps the newest that many commits and
+    deletes older ones, oldest first; a store still reading an older commit may then find objects
+    gone. Stores opened on the overlay after it see no difference. Raises what the listing raises.
     """
     from kvmap.roots import Roots
 
@@ -732,6 +985,21 @@ def collect_garbage(
     if latest:
         newest = obstore.head(location.store, location.path(_commit_name(latest)))["last_modified"]
         cutoff = min(cutoff, newest)
+    # Records before objects: an object a kept record names is kept (it was written just before the
+    # record, so it may be older than the cutoff while the record is not).
+    pending_prefix = location.path("pending/")
+    for batch in obstore.list(location.store, pending_prefix):
+        for meta in batch:
+            path = meta["path"]
+            if meta["last_modified"] <= cutoff:
+                obstore.delete(location.store, path)
+                report.pending.append(path[len(pending_prefix) :])
+                continue
+            session = path[len(pending_prefix) :].partition("/")[0]
+            with contextlib.suppress(OverlayCorruptError, FileNotFoundError):  # young: judged later
+                data = bytes(obstore.get(location.store, path).bytes())
+                record = _parse_record(data, location.url + path[len(location.prefix) :], path, session)
+                referenced.update(e.sha256 for _, e in record.writes if isinstance(e, _Object))
     for batch in obstore.list(location.store, location.path("objects/")):
         for meta in batch:
             name = meta["path"].rpartition("/")[2]

@@ -67,7 +67,9 @@ class KVMapStore(Store):
     store is copy-on-write: reads see the overlay's entries over the target's namespace, every key
     is writable, writes go to the overlay only and become visible to other stores on :meth:`commit`
     (also on :meth:`close`, and on leaving a ``with`` block that does not raise).
-    ``allow_base_change`` opens an overlay whose base changed since its last commit.
+    ``allow_base_change`` opens an overlay whose base changed since its last commit. An unpickled
+    copy of an overlay store (a dask worker's) records its writes for the original, whose
+    :meth:`commit` commits them; the copy itself never commits.
     """
 
     supports_writes = True
@@ -136,16 +138,18 @@ class KVMapStore(Store):
         return f"kvmap://{self.reader._doc}"
 
     def __getstate__(self) -> dict[str, Any]:
-        # The Reader pickles by configuration; caches and connections are rebuilt.
+        # The Reader pickles by configuration; caches and connections are rebuilt. An overlay pickles
+        # by its location and session: the copy records its writes for this store's commit().
         layer = self._overlay
-        overlay = None if layer is None else (layer.url, layer.allow_base_change)
+        overlay = None if layer is None else (layer.url, layer.allow_base_change, layer.share())
         return {"reader": self.reader, "read_only": self._read_only, "is_open": self._is_open, "overlay": overlay}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.reader = state["reader"]
         self._read_only = state["read_only"]
         self._is_open = state["is_open"]
-        # An overlay pickles by its location: pending writes stay with the original.
+        # The copy is a member of the original's session: pending writes stay with the original,
+        # and the copy's writes are recorded for the original to commit (docs/overlays.md, dask).
         overlay = state.get("overlay")
         self._overlay = None if overlay is None else _make_overlay(self.reader, *overlay)
 
@@ -304,9 +308,11 @@ class KVMapStore(Store):
         return self._overlay
 
     def commit(self) -> int:
-        """Commit the overlay's pending writes (:meth:`kvmap.overlay.Overlay.commit`: returns the
-        commit number; raises :class:`~kvmap.overlay.OverlayConflictError` on a conflict).
-        Raises :class:`~kvmap.WriteError` for a store without an overlay, ``ValueError`` if read-only."""
+        """Commit the overlay's pending writes, with those its pickled copies (dask workers) recorded
+        (:meth:`kvmap.overlay.Overlay.commit`: returns the commit number; raises
+        :class:`~kvmap.overlay.OverlayConflictError` on a conflict). Raises
+        :class:`~kvmap.WriteError` for a store without an overlay and for an unpickled copy (its
+        original commits), ``ValueError`` if read-only."""
         self._check_writable()
         if self._overlay is None:
             raise WriteError("cannot commit: the store has no overlay (writes go straight to their targets)")
@@ -314,8 +320,9 @@ class KVMapStore(Store):
 
     def close(self) -> None:
         """Close the store; with an overlay, commit its pending writes first (and raise as
-        :meth:`commit` does, the store left open)."""
-        if self._overlay is not None and not self.read_only:
+        :meth:`commit` does, the store left open). An unpickled copy commits nothing: its writes
+        are already recorded for the original (xarray closes the store on a dask worker)."""
+        if self._overlay is not None and not self.read_only and not self._overlay.member:
             self._overlay.commit()
         super().close()
 
@@ -363,10 +370,12 @@ class KVMapStore(Store):
         return Write(key, hop.manifest if hop else None, hop.entry if hop else None, loc.url, delete, loc.inside)
 
 
-def _make_overlay(reader: Reader, url: str | os.PathLike[str], allow_base_change: bool) -> Overlay:
+def _make_overlay(
+    reader: Reader, url: str | os.PathLike[str], allow_base_change: bool, session: str | None = None
+) -> Overlay:
     from kvmap.overlay import Overlay  # at call time: only overlay stores need it
 
-    return Overlay(reader, url, allow_base_change=allow_base_change)
+    return Overlay(reader, url, allow_base_change=allow_base_change, session=session)
 
 
 async def _explained(walk: Awaitable[Explained]) -> Explained:

@@ -591,7 +591,7 @@ def test_xarray_region_patch_through_overlay(
 
 def test_dask_threaded_to_zarr_through_overlay(virtual_dataset: tuple[Path, Path, np.ndarray], tmp_path: Path) -> None:
     """dask's threaded scheduler shares the one store: every task's writes are pending there, and
-    leaving the block commits them together (a distributed cluster is not supported yet)."""
+    leaving the block commits them together (worker processes: tests/test_overlay_dask.py)."""
     import dask
 
     manifest, raw, values = virtual_dataset
@@ -601,3 +601,125 @@ def test_dask_threaded_to_zarr_through_overlay(virtual_dataset: tuple[Path, Path
     again = xr.open_zarr(KVMapStore(manifest, overlay=tmp_path / "ov"), consolidated=False)
     np.testing.assert_array_equal(again["t"].values, np.full((8, 10), 5.0, dtype="f4"))
     assert raw.read_bytes() == values.tobytes()
+
+
+# -- copies of a store (pickled, as dask sends it to workers): recorded writes, one commit ------------
+
+
+def _records_of(store: KVMapStore) -> list[str]:
+    assert store.overlay is not None
+    return store.overlay._record_paths()
+
+
+def test_copies_record_their_writes_for_the_owner(place: Place) -> None:
+    owner = place.store()
+    copy = pickle.loads(pickle.dumps(owner))
+    assert copy == owner
+    assert copy.overlay.member  # type: ignore[union-attr]
+    assert not owner.overlay.member  # type: ignore[union-attr]
+    assert copy.overlay.session == owner.overlay.session  # type: ignore[union-attr]
+    copy.set_sync("x", cpu.Buffer.from_bytes(SMALL))  # inline, in the record
+    _run(copy.set("y", cpu.Buffer.from_bytes(BIG)))  # an object, named by the record
+    copy.delete_sync("a")
+    owner.set_sync("z", cpu.Buffer.from_bytes(b"owner"))  # the owner's own (e.g. zarr.json) write
+    assert (_get(copy, "x"), _get(copy, "y"), _get(copy, "a")) == (SMALL, BIG, None)  # the copy reads its own
+    assert (_get(owner, "x"), _get(place.store(), "x")) == (None, None)  # nobody else sees them yet
+    assert len(_records_of(owner)) == 3
+    with pytest.raises(kvmap.WriteError, match="cannot commit from a copy"):
+        copy.commit()
+    copy.close()  # xarray closes the store on a worker: a copy's close commits nothing
+    assert place.store().overlay.commit_number == 0  # type: ignore[union-attr]
+    assert owner.commit() == 1
+    fresh = place.store()
+    assert [_get(fresh, k) for k in ("x", "y", "a", "z", "d/b")] == [SMALL, BIG, None, b"owner", b"DB"]
+    assert _records_of(owner) == []  # consumed and deleted
+    later = pickle.loads(pickle.dumps(owner))  # the session goes on: a later copy's writes, a later commit
+    later.set_sync("x", cpu.Buffer.from_bytes(b"again"))
+    assert owner.commit() == 2
+    assert _get(place.store(), "x") == b"again"
+    if place.base_files:
+        assert _checksums(place.base_files) == {
+            "a": hashlib.sha256(b"A").hexdigest(),
+            "d/b": hashlib.sha256(b"DB").hexdigest(),
+        }
+
+
+def test_copies_of_one_session_order_and_disagreement(tmp_path: Path) -> None:
+    manifest = _local_base(tmp_path / "b", {"a": b"A"})
+    owner = KVMapStore(manifest, overlay=tmp_path / "ov")
+    one, two = pickle.loads(pickle.dumps(owner)), pickle.loads(pickle.dumps(owner))
+    one.set_sync("k", cpu.Buffer.from_bytes(b"first"))
+    one.set_sync("k", cpu.Buffer.from_bytes(b"second"))  # one copy's writes are ordered: the later wins
+    one.set_sync("same", cpu.Buffer.from_bytes(BIG))
+    two.set_sync("same", cpu.Buffer.from_bytes(BIG))  # two copies agreeing (a retried task) is no conflict
+    assert owner.commit() == 1
+    fresh = KVMapStore(manifest, overlay=tmp_path / "ov")
+    assert (_get(fresh, "k"), _get(fresh, "same")) == (b"second", BIG)
+
+    one.set_sync("k", cpu.Buffer.from_bytes(b"one"))
+    two.set_sync("k", cpu.Buffer.from_bytes(b"two"))  # unordered copies disagree: refused
+    owner.set_sync("o", cpu.Buffer.from_bytes(b"own"))
+    with pytest.raises(OverlayConflictError, match="copies of this store") as caught:
+        owner.commit()
+    assert caught.value.keys == ["k"]
+    assert _get(KVMapStore(manifest, overlay=tmp_path / "ov"), "o") is None  # nothing committed
+    assert set(owner.overlay.pending) == {"o"}  # type: ignore[union-attr]  # kept
+    assert len(_records_of(owner)) == 2
+    two.overlay.discard()  # type: ignore[union-attr]  # a copy drops its own records only
+    assert len(_records_of(owner)) == 1
+    owner.set_sync("k", cpu.Buffer.from_bytes(b"owner"))  # the owner and a copy disagree: refused too
+    with pytest.raises(OverlayConflictError) as caught:
+        owner.commit()
+    assert caught.value.keys == ["k"]
+    owner.overlay.discard()  # type: ignore[union-attr]  # the owner drops its writes and the session's
+    assert _records_of(owner) == []
+    assert owner.commit() == 1  # nothing left
+
+
+def test_block_that_raises_drops_the_copies_writes(tmp_path: Path) -> None:
+    manifest = _local_base(tmp_path / "b", {})
+    owner = KVMapStore(manifest, overlay=tmp_path / "ov")
+
+    def failing_block() -> None:
+        with owner:
+            pickle.loads(pickle.dumps(owner)).set_sync("k", cpu.Buffer.from_bytes(BIG))
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        failing_block()
+    assert _records_of(owner) == []
+    fresh = KVMapStore(manifest, overlay=tmp_path / "ov")
+    assert fresh.commit() == 0
+    assert _get(fresh, "k") is None
+
+
+def test_records_of_a_crashed_session_are_collected(tmp_path: Path) -> None:
+    """A session whose owner never commits leaves objects and records no commit references:
+    invisible, and collected after the grace period; a young record keeps the objects it names."""
+    manifest = _local_base(tmp_path / "b", {})
+    ov = tmp_path / "ov"
+    owner = KVMapStore(manifest, overlay=ov)
+    copy = pickle.loads(pickle.dumps(owner))
+    copy.set_sync("lost", cpu.Buffer.from_bytes(BIG))
+    copy.set_sync("small", cpu.Buffer.from_bytes(SMALL))
+    del owner, copy  # the owner crashed: nobody can commit the session any more
+    assert _get(KVMapStore(manifest, overlay=ov), "lost") is None
+    (obj,) = (ov / "objects").iterdir()
+    os.utime(obj, (1, 1))  # the object is old, its record is young: kept, with its object
+    report = collect_garbage(ov, grace=timedelta(hours=1))
+    assert (report.objects, report.pending, report.kept) == ([], [], 1)
+    other = KVMapStore(manifest, overlay=ov)
+    other.set_sync("x", cpu.Buffer.from_bytes(SMALL))
+    other.commit()  # the records are now older than the newest commit
+    report = collect_garbage(ov, grace=timedelta(0))
+    assert report.objects == [hashlib.sha256(BIG).hexdigest()]
+    assert len(report.pending) == 2
+    assert all(name.endswith(".json") and "/" in name for name in report.pending)
+    assert list((ov / "pending").rglob("*.json")) == []
+    assert _get(KVMapStore(manifest, overlay=ov), "x") == SMALL
+
+
+def test_unpickled_store_needs_a_session_id(tmp_path: Path) -> None:
+    manifest = _local_base(tmp_path / "b", {})
+    with pytest.raises(ValueError, match="session id"):
+        kvmap.overlay.Overlay(KVMapStore(manifest).reader, tmp_path / "ov", session="../../x")
