@@ -104,8 +104,8 @@ def parse(text: str, name: str = "") -> Result:
 
 
 def load(results: Path = RESULTS) -> dict[str, Result]:
-    """Every results file in ``results``, by script name (``bench_store``...)."""
-    files = sorted(results.glob("*.txt"))
+    """Every results file of a bench script in ``results``, by script name (``bench_store``...)."""
+    files = sorted(results.glob("bench_*.txt"))  # the tables of bench/bench_*.py (scale_1e8.txt is prose)
     if not files:
         raise SystemExit(f"no benchmark output in {results}")
     return {f.stem: parse(f.read_text(encoding="utf-8"), f.name) for f in files}

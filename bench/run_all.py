@@ -6,6 +6,7 @@ import gc
 import sys
 
 import bench_compile
+import bench_edits
 import bench_kerchunk
 import bench_kerchunk_parquet
 import bench_load
@@ -19,6 +20,7 @@ import bench_store
 
 SCRIPTS = (
     bench_compile,
+    bench_edits,
     bench_load,
     bench_resolve,
     bench_resolve_many,

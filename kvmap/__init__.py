@@ -19,7 +19,8 @@ from kvmap.compiled import CompiledMap, Explanation, Piece, Resolution, compile
 from kvmap.compose import compose
 from kvmap.concat import ConcatError, concatenate, concatenate_datasets
 from kvmap.convert import Converted, convert
-from kvmap.entries import Entry
+from kvmap.editable import EditableMap
+from kvmap.entries import Entry, Pins
 from kvmap.errors import (
     ChainError,
     ConvertError,
@@ -28,6 +29,7 @@ from kvmap.errors import (
     KvmapError,
     ManifestError,
     MissingDependencyError,
+    ObjectChangedError,
     OverlayBaseChangedError,
     OverlayConflictError,
     OverlayCorruptError,
@@ -59,6 +61,7 @@ __all__ = [
     "ConvertError",
     "Converted",
     "DanglingReferenceError",
+    "EditableMap",
     "Entry",
     "Explained",
     "Explanation",
@@ -72,12 +75,14 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MissingDependencyError",
+    "ObjectChangedError",
     "OverlayBaseChangedError",
     "OverlayConflictError",
     "OverlayCorruptError",
     "OverlayError",
     "OverlayLocationError",
     "Piece",
+    "Pins",
     "Pipeline",
     "PipelineError",
     "Policy",

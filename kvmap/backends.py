@@ -16,6 +16,16 @@ Two rules of the walk are enforced here, where the response is:
   whatever part of it is asked for. A single read learns the object's size from the
   same response; a coalesced batch asks for it once per object (``head``).
 
+Pins (``Read.pins``: what an exact entry pins of its object, spec 3.4) are checked against the
+metadata of the response that carries the bytes, since no store enforces all of them (obstore's
+LocalStore and MemoryStore ignore ``version``, HTTP ``If-Match``): a pinned version is asked for
+(S3 ``versionId``) and must be the one the response names, a pinned ETag must be the response's;
+a store that reports no version (memory, local files) or no ETag cannot serve such a pin, and a
+pinned version that does not exist is an error (:class:`~kvmap.chain.PinError`), never absent.
+Pinned reads are single ``get`` requests (``get_range(s)`` return no metadata); the ``sha256``
+pin is the walk's to check. A local file's ETag is its identity (inode, mtime, size), which a copy
+does not keep: ``kvmap check --pin`` pins local files by ``sha256`` alone.
+
 And one of the store: a missing *bucket* (or container) is not a missing object. S3
 names ``NoSuchBucket`` in the body of a GET's 404, which obstore passes on; a HEAD's 404
 has no body, so a missing object found by ``head`` in a bucketed store is followed by a
@@ -35,7 +45,8 @@ from obstore.exceptions import PreconditionError
 from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
 
 from kvmap import httpio, localfs
-from kvmap.chain import ChangedObjectError, EscapedError, LimitExceededError, Read, ShortObjectError
+from kvmap.chain import ChangedObjectError, EscapedError, LimitExceededError, PinError, Read, ShortObjectError
+from kvmap.entries import Pins, same_etag
 from kvmap.httpio import HTTPSource
 
 if TYPE_CHECKING:
@@ -44,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NEAR",
     "MissingBucketError",
+    "check_pins",
     "get_options",
     "missing",
     "names_object",
@@ -104,12 +116,42 @@ def get_options(r: Read) -> Any:
         options["range"] = {"offset": r.start}
     if r.tag is not None:
         options["if_match"] = r.tag
+    if r.pins is not None and r.pins.version is not None:
+        options["version"] = r.pins.version
     return options or None
+
+
+def check_pins(pins: Pins, etag: str | None, version: str | None) -> None:
+    """Raise :class:`~kvmap.chain.PinError` unless an object with ETag ``etag`` and version
+    ``version`` (``None``: the store reports none) is the one ``pins`` names."""
+    if pins.version is not None:
+        if version is None:
+            raise PinError(
+                f"the entry pins version {pins.version!r}, and this store reports no object versions to check it by"
+            )
+        if version != pins.version:
+            raise PinError(f"the store served version {version!r}, the entry pins {pins.version!r}")
+    if pins.etag is not None:
+        if etag is None:
+            raise PinError(f"the entry pins ETag {pins.etag}, and this store reports no ETag to check it by")
+        if not same_etag(etag, pins.etag):
+            raise PinError(f"its ETag is {etag}, the entry pins {pins.etag}")
+
+
+def _pinned_missing(store: ObjectStore, exc: FileNotFoundError, r: Read) -> None:
+    """A "not found" for a pinned read: a missing bucket, or (a version pinned) a missing version,
+    which is an error; else ``None`` (the walk says a missing object is a dangling reference)."""
+    missing(store, exc)
+    if r.pins is not None and r.pins.version is not None:
+        raise PinError(f"the pinned version {r.pins.version!r} does not exist (deleted, or never of this object)")
+    return None
 
 
 def _checked(result: Any, r: Read) -> Any:
     """The ``GetResult`` of ``r``, refused before its body is read if the object is over
-    ``r.limit`` or short of ``r.need``."""
+    ``r.limit``, short of ``r.need`` or not the one ``r.pins`` names."""
+    if r.pins is not None:
+        check_pins(r.pins, result.meta.get("e_tag"), result.meta.get("version"))
     if r.limit is not None:
         start, end = result.range
         if end - start > r.limit:
@@ -137,6 +179,9 @@ def local_tag(st: os.stat_result) -> str:
 
 
 def _local_checks(r: Read, st: os.stat_result) -> None:
+    if r.pins is not None:
+        # A local file has no versions: a version pin cannot be served (check_pins says so).
+        check_pins(r.pins, local_tag(st), None)
     if r.tag is not None and local_tag(st) != r.tag:
         raise ChangedObjectError(f"the file's identity is {local_tag(st)}, not {r.tag}")
     _fits(st.st_size, r)
@@ -151,7 +196,7 @@ def read_local(path: str, r: Read) -> Any:
                 return None
             _local_checks(r, st)
             return (st.st_size, local_tag(st)) if r.identify else st.st_size
-        check = None if r.need is None and r.tag is None else partial(_local_checks, r)
+        check = None if r.need is None and r.tag is None and r.pins is None else partial(_local_checks, r)
         return localfs.read(path, r.start, r.end, r.suffix, inside=r.inside, limit=r.limit, check=check)
     except localfs.TooLarge as exc:
         raise LimitExceededError(exc.limit, exc.size) from None
@@ -164,7 +209,7 @@ class _NotNearError(Exception):
 
 
 def _near_checks(r: Read, near: int, st: os.stat_result) -> None:
-    if r.tag is not None or r.need is not None:
+    if r.tag is not None or r.need is not None or r.pins is not None:
         _local_checks(r, st)
     start = max(0, st.st_size - r.suffix) if r.suffix is not None else r.start
     end = st.st_size if r.end is None else min(r.end, st.st_size)
@@ -210,7 +255,9 @@ def read_http(source: HTTPSource, path: str, r: Read) -> Any:
     """The answer to ``r`` through kvmap's own HTTP client (:mod:`kvmap.httpio`: a redirect is
     an error, never followed). HTTP gives no identity kvmap checks (``tag``: none), and a
     range's answer does not say the object's size: a window is checked by the length of
-    what comes back, and by a ``head`` where a range of it fails."""
+    what comes back, and by a ``head`` where a range of it fails. An ETag or version pin cannot
+    be checked here: :class:`~kvmap.chain.PinError` (a ``sha256`` pin can, by the walk)."""
+    _http_pins(r)
     if r.head:
         size = source.head(path)
         if size is None:
@@ -225,6 +272,7 @@ def read_http(source: HTTPSource, path: str, r: Read) -> Any:
 
 async def read_http_async(source: HTTPSource, path: str, r: Read) -> Any:
     """:func:`read_http`, awaited."""
+    _http_pins(r)
     if r.head:
         size = await source.head_async(path)
         if size is None:
@@ -235,6 +283,35 @@ async def read_http_async(source: HTTPSource, path: str, r: Read) -> Any:
         return await source.get_async(path, r.start, r.end, r.suffix, limit=r.limit)
     except httpio.TooLarge as exc:
         raise LimitExceededError(exc.limit, exc.size) from None
+
+
+def _http_pins(r: Read) -> None:
+    if r.pins is not None and r.pins.meta:
+        check_pins(r.pins, None, None)
+
+
+def _head_options(r: Read) -> Any:
+    """``GetOptions`` of a ``head`` request of ``r``'s pinned version."""
+    return {"head": True, **(get_options(r) or {})}
+
+
+def _pinned_head(store: ObjectStore, path: str, r: Read) -> Any:
+    """The metadata of ``path`` for a pinned ``head``: of the pinned version (a ``head`` request
+    with its ``versionId``; obstore's ``head`` takes no options), its pins checked."""
+    assert r.pins is not None
+    meta = obstore.get(store, path, options=_head_options(r)).meta if r.pins.version else obstore.head(store, path)
+    check_pins(r.pins, meta.get("e_tag"), meta.get("version"))
+    return meta
+
+
+async def _pinned_head_async(store: ObjectStore, path: str, r: Read) -> Any:
+    assert r.pins is not None
+    if r.pins.version:
+        meta = (await obstore.get_async(store, path, options=_head_options(r))).meta
+    else:
+        meta = await obstore.head_async(store, path)
+    check_pins(r.pins, meta.get("e_tag"), meta.get("version"))
+    return meta
 
 
 def names_object(path: str) -> bool:
@@ -255,15 +332,15 @@ def read_sync(store: ObjectStore, path: str, r: Read) -> Any:
         return read_http(store, path, r)
     if r.head:
         try:
-            return _head(obstore.head(store, path), r)
+            return _head(obstore.head(store, path) if r.pins is None else _pinned_head(store, path, r), r)
         except FileNotFoundError as exc:
-            return _head_missing(store, exc)
+            return _head_missing(store, exc) if r.pins is None else _pinned_missing(store, exc, r)
     try:
-        if r.end is not None and r.need is None and r.tag is None:
+        if r.end is not None and r.need is None and r.tag is None and r.pins is None:
             return obstore.get_range(store, path, start=r.start, end=r.end)
         return _checked(obstore.get(store, path, options=get_options(r)), r).bytes()
     except FileNotFoundError as exc:
-        return missing(store, exc)
+        return missing(store, exc) if r.pins is None else _pinned_missing(store, exc, r)
     except PreconditionError as exc:
         raise ChangedObjectError(str(exc).split("\n", 1)[0]) from exc
 
@@ -279,11 +356,13 @@ async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
         return await read_http_async(store, path, r)
     if r.head:
         try:
+            if r.pins is not None:
+                return _head(_pinned_head(store, path, r) if near else await _pinned_head_async(store, path, r), r)
             return _head(obstore.head(store, path) if near else await obstore.head_async(store, path), r)
         except FileNotFoundError as exc:
-            return _head_missing(store, exc)
+            return _head_missing(store, exc) if r.pins is None else _pinned_missing(store, exc, r)
     try:
-        if r.end is not None and r.need is None and r.tag is None:
+        if r.end is not None and r.need is None and r.tag is None and r.pins is None:
             if near and r.end - r.start <= near:
                 return obstore.get_range(store, path, start=r.start, end=r.end)
             return await obstore.get_range_async(store, path, start=r.start, end=r.end)
@@ -297,7 +376,7 @@ async def read_async(store: ObjectStore, path: str, r: Read, near: int) -> Any:
             result = _checked(await obstore.get_async(store, path, options=get_options(r)), r)
         return await result.bytes_async()
     except FileNotFoundError as exc:
-        return missing(store, exc)
+        return missing(store, exc) if r.pins is None else _pinned_missing(store, exc, r)
     except PreconditionError as exc:
         raise ChangedObjectError(str(exc).split("\n", 1)[0]) from exc
 

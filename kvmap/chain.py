@@ -33,6 +33,7 @@ The rules, in the order the walk meets them:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import weakref
 from collections import OrderedDict
@@ -42,9 +43,11 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from kvmap.compiled import CompiledMap, Resolution, compile
+from kvmap.entries import Pins
 from kvmap.errors import (
     ChainError,
     DanglingReferenceError,
+    ObjectChangedError,
     PipelineError,
     PolicyError,
     ResolveError,
@@ -67,6 +70,7 @@ __all__ = [
     "Hop",
     "LimitExceededError",
     "Location",
+    "PinError",
     "Read",
     "ShortObjectError",
     "Walk",
@@ -119,6 +123,10 @@ class Read:
     # A local file must lie strictly inside this real directory, checked on what the driver
     # opened (kvmap.localfs), not only when the policy decided (Location.inside).
     inside: str | None = None
+    # What the entry pins of the object (its etag and version; a sha256 is the walk's to check,
+    # on the whole window): the driver reads that version where the store has versions, and
+    # raises PinError if the response's metadata says another object answered.
+    pins: Pins | None = None
 
 
 class LimitExceededError(Exception):
@@ -136,6 +144,11 @@ class EscapedError(Exception):
 
 class ChangedObjectError(Exception):
     """Raised by a driver: the object no longer has the identity ``Read.tag`` (it was replaced)."""
+
+
+class PinError(Exception):
+    """Raised by a driver: the object is not the one ``Read.pins`` names (another ETag or version,
+    the pinned version does not exist, or the store cannot say which version it read)."""
 
 
 class ShortObjectError(Exception):
@@ -163,6 +176,8 @@ class Location:
     # The real directory the object must lie strictly inside when it is read (the policy's
     # confinement of the decision that allowed it; None: none).
     inside: str | None = field(default=None, compare=False)
+    # What the exact entry that named the object pins of it (spec 3.4): every read checks them.
+    pins: Pins | None = field(default=None, compare=False)
 
     def window(self, offset: int | None, length: int | None) -> Location:
         """The sub-window ``[offset, offset+length)`` of this location (keeping its ``tag``, and
@@ -238,6 +253,7 @@ class _Frame:
     strict: bool
     doc: str = ""
     next: int = 0
+    pins: Pins | None = None  # what the entry that named the pipeline pins of its object
 
     def __post_init__(self) -> None:
         self.doc = self.pipe.root
@@ -289,11 +305,12 @@ class Chain:
         "_located",
         "_maps",
         "_offsets",
+        "_top",
+        "_top_pins",
         "_zips",
         "max_depth",
         "max_manifest_bytes",
         "policy",
-        "top",
     )
 
     def __init__(
@@ -307,9 +324,10 @@ class Chain:
         self.policy = policy if policy is not None else Policy()
         self.max_depth = max_depth
         self.max_manifest_bytes = max_manifest_bytes
-        #: The caller's top manifest, once loaded: ``(map, document URL, key prefix, hops it took)``,
-        #: what :meth:`plan` resolves in. Dropped by :meth:`forget` with every other cache.
-        self.top: tuple[KeyMap, str, str, int] | None = None
+        self._top: tuple[KeyMap, str, str, int] | None = None
+        # The pins of the top map's entries (None: it has none), so that plan() takes pinned
+        # entries to the walk at the cost of one test, and every other entry as before.
+        self._top_pins: Any = None
         self._maps: _Bounded[tuple[str, Location, str], KeyMap] = _Bounded(cache_size)
         # Where each map that reads as it goes (not a CompiledMap) reads from: its document.
         self._located: weakref.WeakKeyDictionary[KeyMap, Location] = weakref.WeakKeyDictionary()
@@ -320,6 +338,38 @@ class Chain:
         self._decisions: _Bounded[tuple[str, str], str] = _Bounded(cache_size * 64)
         self._deciding = threading.Lock()
         self._folders: _Bounded[tuple[str, str], tuple[Callable[[str], bool], str | None]] = _Bounded(cache_size * 64)
+
+    @property
+    def top(self) -> tuple[KeyMap, str, str, int] | None:
+        """The caller's top manifest, once loaded: ``(map, document URL, key prefix, hops it took)``,
+        what :meth:`plan` resolves in. Dropped by :meth:`forget` with every other cache."""
+        return self._top
+
+    @top.setter
+    def top(self, value: tuple[KeyMap, str, str, int] | None) -> None:
+        self._top = value
+        self._top_pins = None if value is None else self._pins_of(value[0])
+
+    # -- pins -------------------------------------------------------------------------
+
+    def _pins_of(self, cm: KeyMap) -> Any:
+        """What says the pins of ``cm``'s entries: a dict entry -> Pins (a compiled map's own),
+        the map itself if it looks them up as it reads (``pins_io``), or ``None``: it has none."""
+        if isinstance(cm, CompiledMap):
+            return cm.pins
+        if getattr(cm, "pinned", False):
+            return cm
+        return None
+
+    def _entry_pins(self, cm: KeyMap, key: str, entry: int, walk: Walk) -> Generator[Read, Any, Pins | None]:
+        """The pins of ``cm``'s entry ``entry``, which decides ``key`` (``None``: none)."""
+        pinned = self._pins_of(cm)
+        if pinned is None:
+            return None
+        if isinstance(pinned, dict):
+            return pinned.get(entry)
+        found: Pins | None = yield from self.ask(cm, cm.pins_io(key), walk)  # type: ignore[attr-defined]
+        return found
 
     # -- the walk ---------------------------------------------------------------------
 
@@ -387,9 +437,10 @@ class Chain:
                         exact = yield from self.ask(cm, cm.is_exact_io(key), walk)
                     inside = self.check(pipe.root, doc, res.entry, walk.key, exact)
                     walk.strict = exact
+                    pins = (yield from self._entry_pins(cm, key, res.entry, walk)) if exact else None
                     if frame is not None:
                         stack.append(frame)
-                    frame = _Frame(pipe, res, "", doc, walk.strict)
+                    frame = _Frame(pipe, res, "", doc, walk.strict, pins=pins)
                     loc = Location(pipe.root, inside=inside)
                     continue
             elif frame is not None and frame.next < len(frame.pipe.adapters):
@@ -424,6 +475,8 @@ class Chain:
                         raise TargetError(
                             str(exc), key=walk.key, manifest=frame.via, entry=res.entry, url=res.url
                         ) from None
+                if frame.pins is not None:
+                    loc = replace(loc, pins=frame.pins)
             if not stack:
                 return loc
             frame = stack.pop()
@@ -431,7 +484,7 @@ class Chain:
     def _first(self, key: str) -> tuple[Resolution | None, str, Callable[[], bool]] | None:
         """``key``'s answer in :attr:`top`, its document URL and a test of whether the answer is
         an exact entry's, if it takes no read and leaves depth to spare; ``None``: take the walk."""
-        top = self.top
+        top = self._top
         if top is None:
             return None
         cm, doc, path, hops = top
@@ -465,6 +518,9 @@ class Chain:
         assert url is not None
         if not url or PIPELINE_SEPARATOR in url:
             return None
+        pinned = self._top_pins
+        if pinned is not None and (not isinstance(pinned, dict) or res.entry in pinned):
+            return None  # the walk checks what the entry pins
         inside = self.check(url, doc, res.entry, key, exact)
         if res.length is not None:
             start, end = clamp(byte_range, res.length)
@@ -493,12 +549,15 @@ class Chain:
         assert url is not None
         if not url or PIPELINE_SEPARATOR in url:
             return None
+        pinned = self._top_pins
+        if pinned is not None and (not isinstance(pinned, dict) or res.entry in pinned):
+            return None  # the walk places it with its pins
         inside = self.check(url, doc, res.entry, key, exact)
         return (Location(url, res.offset or 0, res.length, inside=inside),)
 
     def strict(self, key: str) -> bool:
         """Whether a missing object for ``key``, read by :meth:`plan`, is a dangling reference."""
-        top = self.top
+        top = self._top
         if top is None:
             return False
         if isinstance(top[0], CompiledMap):
@@ -825,11 +884,15 @@ class Chain:
         """The bytes of ``byte_range`` within ``loc``, clamped to it as zarr's store contract
         says (a range past the end gives what there is). ``None`` if the object does not
         exist (a dangling reference, :class:`~kvmap.TargetError`, where ``walk.strict``).
-        Raises :class:`~kvmap.TargetError` if the object is shorter than ``loc``."""
+        Raises :class:`~kvmap.TargetError` if the object is shorter than ``loc``, and
+        :class:`~kvmap.ObjectChangedError` if it is not the one ``loc.pins`` names: a
+        ``sha256`` pin reads the whole window (whatever part is asked for) and checks it."""
         if loc.data is not None:
             start, end = clamp(byte_range, len(loc.data))
             return loc.data[start:end]
         assert loc.url is not None
+        if loc.pins is not None and loc.pins.sha256 is not None:
+            return (yield from self._read_hashed(loc, byte_range, walk, limit=limit, once=once))
         length = loc.length
         if length is None and byte_range is not None and byte_range[0] is None and loc.offset:
             # A suffix of an open-ended window: the object's size says where it starts.
@@ -850,6 +913,9 @@ class Chain:
             else:
                 read = Read(loc.url, loc.offset + start, loc.offset + end, within=True, need=loc.offset + loc.length)
         read.limit, read.once, read.tag, read.inside = limit, once, loc.tag, loc.inside
+        if loc.pins is not None:
+            # Pinned reads go one by one: a coalesced batch (get_ranges) reports no metadata.
+            read.pins, read.within = loc.pins, False
         if read.end is not None and read.end <= read.start:
             # Nothing to transfer, but the object must exist and hold its window, as for any request.
             size = yield from self._head(loc, walk)
@@ -887,6 +953,31 @@ class Chain:
                 raise TargetError(str(exc), key=walk.key, **_origin_of(walk), url=loc.url) from None
         return data
 
+    def _read_hashed(
+        self, loc: Location, byte_range: ByteRange | None, walk: Walk, *, limit: int | None, once: bool
+    ) -> Generator[Read, Any, Any]:
+        """:meth:`read` of a location whose entry pins the SHA-256 of its bytes: the whole window
+        read (its etag and version checked by the driver), hashed, then cut to ``byte_range``."""
+        assert loc.pins is not None
+        assert loc.pins.sha256 is not None
+        rest = replace(loc.pins, sha256=None)
+        whole = yield from self.read(replace(loc, pins=rest if rest.meta else None), None, walk, limit=limit, once=once)
+        if whole is None:
+            return None
+        digest = hashlib.sha256(whole).hexdigest()
+        if digest != loc.pins.sha256:
+            raise ObjectChangedError(
+                f"the object changed since the manifest was made: the SHA-256 of the entry's bytes is "
+                f"{digest}, the entry pins {loc.pins.sha256}",
+                key=walk.key,
+                **_origin_of(walk),
+                url=loc.url,
+            )
+        if byte_range is None:
+            return whole
+        start, end = clamp(byte_range, len(whole))
+        return whole[start:end]
+
     def read_size(self, loc: Location, walk: Walk) -> Generator[Read, Any, int | None]:
         """The size of ``loc`` in bytes, from its object's size (``None``: no such object, or
         :class:`~kvmap.TargetError` where ``walk.strict``). Raises :class:`~kvmap.TargetError`
@@ -906,7 +997,8 @@ class Chain:
         """The size of ``loc``'s object (with ``loc``'s identity and confinement); ``None`` if it
         does not exist (or a dangling reference error, where ``walk.strict``)."""
         assert loc.url is not None
-        size = yield from self._fetch(Read(loc.url, head=True, tag=loc.tag, inside=loc.inside), walk)
+        pins = loc.pins if loc.pins is not None and loc.pins.meta else None
+        size = yield from self._fetch(Read(loc.url, head=True, tag=loc.tag, inside=loc.inside, pins=pins), walk)
         return self._absent(walk, loc.url) if size is None else int(size)
 
     def _fits(self, loc: Location, size: int, walk: Walk) -> None:
@@ -946,6 +1038,13 @@ class Chain:
         except EscapedError as exc:
             raise PolicyError(
                 f"not allowed: {exc} (symbolic links resolved when it was read)",
+                key=walk.key,
+                **_origin_of(walk),
+                url=read.url,
+            ) from None
+        except PinError as exc:
+            raise ObjectChangedError(
+                f"the object changed since the manifest was made: {exc}",
                 key=walk.key,
                 **_origin_of(walk),
                 url=read.url,

@@ -40,14 +40,20 @@ missing-root 4 None memory://check-doc/archive/
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmap.chain import DEFAULT_MAX_DEPTH
+import obstore
+from obstore.store import LocalStore
+
+from kvmap import backends
+from kvmap.chain import DEFAULT_MAX_DEPTH, Read, ShortObjectError, describe
 from kvmap.compiled import CompiledMap, compile
+from kvmap.entries import PIN_FIELDS, Pins
 from kvmap.errors import (
     DanglingReferenceError,
     KvmapError,
@@ -58,14 +64,15 @@ from kvmap.errors import (
     located,
 )
 from kvmap.formats import adapter_kind
+from kvmap.httpio import HTTPSource
 from kvmap.keyrange import KeyRange, prefix_range, range_common_prefix_length
 from kvmap.manifest import Manifest
 from kvmap.pipeline import Pipeline
 from kvmap.places import place_url
 from kvmap.reader import Reader
-from kvmap.url import PIPELINE_SEPARATOR, encode_remainder
+from kvmap.url import PIPELINE_SEPARATOR, encode_remainder, resolve_target
 
-__all__ = ["KINDS", "CheckReport", "Problem", "check", "check_async"]
+__all__ = ["KINDS", "CheckReport", "Problem", "check", "check_async", "pin_manifest", "pin_manifest_async"]
 
 #: The kinds of :class:`Problem`, in the order a report lists them for one entry.
 KINDS = ("dangling", "past-end", "missing-root", "not-allowed", "error")
@@ -505,3 +512,116 @@ def _problem(
         reason = exc.reason if exc.field is None else f"field {exc.field!r}: {exc.reason}"
         return Problem("error", exc.manifest, exc.entry, key, url, reason)
     return Problem("error", manifest, entry, key, url, str(exc))
+
+
+# -- pinning ------------------------------------------------------------------------------------
+
+
+def pin_manifest(
+    target: str | os.PathLike[str] | Manifest,
+    *,
+    allow: Collection[str] = (),
+    allow_all: bool = False,
+    stores: Mapping[str, Mapping[str, Any]] | None = None,
+    concurrency: int = 32,
+) -> Manifest:
+    """``target``'s manifest with every exact target pinned (spec 3.4): each exact entry that names
+    one object (a URL without adapters) gets what the object is now.
+
+    * an object store (S3, GCS, Azure, ``memory://``): its ``etag``, its ``version`` where the
+      store reports one (S3 with bucket versioning: the ``versionId``), and the ``sha256`` of the
+      entry's bytes (its window, or the whole object), all from one ``GET`` of those bytes, so
+      the three describe the same version;
+    * a local file (``file://``): the ``sha256`` only. A local ETag is the file's inode,
+      modification time and size, which a copy, a restore or a ``cp -p`` to another disk changes
+      while the bytes stay the same: the hash is the pin that survives moving the data;
+    * ``http(s)://``: the ``sha256`` only (kvmap's HTTP client checks no ETag).
+
+    Pins the entry already has are replaced by what is found now (re-pinning after a deliberate
+    change). Entries, their order and every other member stay as they are; prefix, range,
+    inline and whiteout entries, and exact entries whose path has adapters, are left unpinned.
+    ``allow``/``allow_all``/``stores`` are the reader's (the security policy applies as to
+    reads). Raises :class:`~kvmap.TargetError` naming the key, entry and URL if a target cannot be
+    read (missing: :class:`~kvmap.DanglingReferenceError`), :class:`~kvmap.PolicyError` if
+    one is not allowed, and what opening ``target`` raises; ``ValueError`` for a ``concurrency``
+    below 1; ``RuntimeError`` from a running event loop (use :func:`pin_manifest_async`).
+    """
+    return asyncio.run(
+        pin_manifest_async(target, allow=allow, allow_all=allow_all, stores=stores, concurrency=concurrency)
+    )
+
+
+async def pin_manifest_async(
+    target: str | os.PathLike[str] | Manifest,
+    *,
+    allow: Collection[str] = (),
+    allow_all: bool = False,
+    stores: Mapping[str, Mapping[str, Any]] | None = None,
+    concurrency: int = 32,
+) -> Manifest:
+    """:func:`pin_manifest`, awaited on the running event loop."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, not {concurrency}")
+    reader = Reader(target, allow=allow, allow_all=allow_all, stores=stores)
+    manifest = target if isinstance(target, Manifest) else await reader.manifest()
+    doc = manifest.url or manifest.name or "<manifest>"
+    entries = manifest.to_json()["entries"]
+    limit = asyncio.Semaphore(concurrency)
+
+    async def pin(index: int, entry: dict[str, Any]) -> None:
+        path = entry["path"]
+        url = resolve_target(manifest.url, path)
+        # The reader's rules for what an entry may reach (the caller's manifest is trusted
+        # no further than its reads would be).
+        inside = reader.chain.check(url, doc, index, entry["key"])
+        async with limit:
+            found = await _pinned(reader, url, entry, inside, doc, index)
+        for name in PIN_FIELDS:
+            entry.pop(name, None)
+        entry.update(found.to_json())
+
+    async with asyncio.TaskGroup() as group:
+        for index, entry in enumerate(entries):
+            if "key" in entry and isinstance(entry.get("path"), str) and PIPELINE_SEPARATOR not in entry["path"]:
+                group.create_task(pin(index, entry))
+    return Manifest.from_json(entries, url=manifest.url, name=manifest.name)
+
+
+async def _pinned(reader: Reader, url: str, entry: dict[str, Any], inside: str | None, doc: str, index: int) -> Pins:
+    """The pins of the object at ``url`` now, for ``entry``'s window (see :func:`pin_manifest`)."""
+    key, offset, length = entry["key"], entry.get("offset", 0), entry.get("length")
+    where = {"key": key, "manifest": doc, "entry": index, "url": url}
+    store, path = reader.roots.open(url)
+    end = None if length is None else offset + length
+    try:
+        if isinstance(store, LocalStore | HTTPSource):
+            read = Read(url, offset, end, inside=inside, need=end)
+            if isinstance(store, LocalStore):
+                data = await asyncio.to_thread(backends.read_local, "/" + path, read)
+            else:
+                data = await asyncio.to_thread(backends.read_http, store, path, read)
+            etag = version = None
+        else:
+            options: Any = (
+                {"range": (offset, end)} if end is not None else ({"range": {"offset": offset}} if offset else None)
+            )
+            if end == offset:
+                options = {"head": True}
+            result = await obstore.get_async(store, path, options=options)
+            if end is not None and result.meta["size"] < end:
+                raise ShortObjectError(result.meta["size"], end)
+            data = b"" if end == offset else await result.bytes_async()
+            etag, version = result.meta.get("e_tag"), result.meta.get("version")
+    except FileNotFoundError:
+        raise DanglingReferenceError(
+            "dangling reference: the object its exact entry names does not exist", **where
+        ) from None
+    except ShortObjectError as exc:
+        raise TargetError(f"object is shorter than the window its entry gives: {exc}", **where) from None
+    except Exception as exc:
+        raise TargetError(f"cannot pin it: {describe(exc)}", **where) from exc
+    if data is None:
+        raise DanglingReferenceError("dangling reference: the object its exact entry names does not exist", **where)
+    if end is not None and len(data) < end - offset:
+        raise TargetError("object is shorter than the window its entry gives", **where)
+    return Pins(etag, version, hashlib.sha256(data).hexdigest())

@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvmap._gcpause import paused_gc
-from kvmap.entries import Entry
+from kvmap.entries import Entry, Pins
 from kvmap.errors import InvalidKeyError, ManifestError
 from kvmap.fetch import Loading
 from kvmap.keymap import ready
@@ -159,6 +159,7 @@ class CompiledMap:
         "_winners",
         "n_entries",
         "name",
+        "pins",
         "resolve",
         "url",
     )
@@ -166,6 +167,9 @@ class CompiledMap:
     url: str | None
     name: str | None
     n_entries: int
+    #: The pins of the entries that carry them (spec 3.4), by entry index; ``None``: none does.
+    #: Every read through the map checks them.
+    pins: dict[int, Pins] | None
     #: ``resolve(key) -> Resolution | None`` — ``None`` when no entry covers the
     #: key or the winner is a whiteout. Raises :class:`~kvmap.InvalidKeyError` if
     #: the key holds a lone surrogate (keys are strings of Unicode scalar values).
@@ -209,6 +213,8 @@ class CompiledMap:
             return url
 
         _cols, entries = manifest.split()
+        # Pinned entries never take the bulk columns (their members are not the bulk shape).
+        self.pins = {i: e.pins for i, e in entries if e.pins is not None} or None
         ranges = [(i, e) for i, e in entries if e.selector != "key"]
         self._ranges = [(i, e.range) for i, e in ranges]
         # Every range entry's target, winning or shadowed: what the manifest may read through.

@@ -23,7 +23,7 @@ import orjson
 from kvmap.errors import ManifestError
 from kvmap.keyrange import KeyRange, key_successor, prefix_range, range_common_prefix_length
 
-__all__ = ["JSON_INT_MAX", "JSON_INT_MIN", "MAX_INT", "Entry", "Selector", "Target"]
+__all__ = ["JSON_INT_MAX", "JSON_INT_MIN", "MAX_INT", "PIN_FIELDS", "Entry", "Pins", "Selector", "Target", "same_etag"]
 
 Selector = Literal["key", "prefix", "range"]
 Target = Literal["path", "absent", "data", "json"]
@@ -46,7 +46,49 @@ MAX_JSON_DEPTH = 250
 # error names the later one in this order, so the message is deterministic.
 _SELECTOR_FIELDS = ("key", "prefix", "min", "max")
 _TARGET_FIELDS = ("path", "data", "json")
-_KNOWN_FIELDS = frozenset((*_SELECTOR_FIELDS, *_TARGET_FIELDS, "strip_prefix", "offset", "length"))
+#: The members that pin what an exact entry's path names (spec 3.4), in canonical order.
+PIN_FIELDS = ("etag", "version", "sha256")
+_KNOWN_FIELDS = frozenset((*_SELECTOR_FIELDS, *_TARGET_FIELDS, "strip_prefix", "offset", "length", *PIN_FIELDS))
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, slots=True)
+class Pins:
+    """What an exact entry asserts about the object its path names (spec 3.4): its ``etag`` (as
+    the store reports it, compared without surrounding double quotes), its ``version`` (an S3
+    ``versionId`` or the like: read is of that version) and the ``sha256`` of the entry's bytes
+    (64 lower-case hex digits, of the window, or of the whole object without one). A read
+    that finds anything else refuses with :class:`~kvmap.ObjectChangedError`."""
+
+    etag: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        """The pins as entry members (those that are set)."""
+        out = {}
+        if self.etag is not None:
+            out["etag"] = self.etag
+        if self.version is not None:
+            out["version"] = self.version
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        return out
+
+    @property
+    def meta(self) -> bool:
+        """Whether a pin is checked against the store's metadata (``etag`` or ``version``)."""
+        return self.etag is not None or self.version is not None
+
+
+def same_etag(a: str, b: str) -> bool:
+    """Whether two ETags are the same: compared without surrounding double quotes (stores and
+    tools differ in whether they keep them).
+
+    >>> same_etag('"abc"', "abc"), same_etag("abc", "abd")
+    (True, False)
+    """
+    return a.strip('"') == b.strip('"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +109,8 @@ class Entry:
     offset: int | None = None
     length: int | None = None
     data: bytes | None = None
+    #: What the entry pins of its target object (only exact entries with a URL have pins).
+    pins: Pins | None = None
 
     @property
     def key(self) -> str:
@@ -102,6 +146,9 @@ class Entry:
             if name in obj and target != "path":
                 raise v.error(name, "a byte window needs a path target")
         path = obj.get("path")
+        pins = None
+        if "etag" in obj or "version" in obj or "sha256" in obj:
+            pins = v.pins(obj, selector, target, path)
         data: bytes | None = None
         if target == "data":
             data = v.base64("data", obj["data"])
@@ -116,6 +163,7 @@ class Entry:
             offset=v.integer("offset", obj["offset"]) if "offset" in obj else None,
             length=v.integer("length", obj["length"]) if "length" in obj else None,
             data=data,
+            pins=pins,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -140,6 +188,8 @@ class Entry:
                 out["offset"] = self.offset
             if self.length is not None:
                 out["length"] = self.length
+            if self.pins is not None:
+                out.update(self.pins.to_json())
         elif self.target == "data":
             assert self.data is not None
             out["data"] = base64.b64encode(self.data).decode("ascii")
@@ -294,6 +344,26 @@ class _Validator:
                 field, f"nests deeper than {MAX_JSON_DEPTH} levels (a manifest holding it could not be saved)"
             )
         return text
+
+    def pins(self, obj: dict[str, Any], selector: Selector, target: Target, path: object) -> Pins:
+        """The pins of an entry that has at least one: strings (``sha256`` 64 lower-case hex
+        digits), only on an exact entry whose target is one object (a URL without adapters)."""
+        for name in PIN_FIELDS:
+            if name not in obj:
+                continue
+            if selector != "key":
+                raise self.error(name, "is allowed only on exact-key entries (a pin names one object)")
+            if target != "path":
+                raise self.error(name, "a pin needs a path target (a URL, not null, data or json)")
+            assert isinstance(path, str)
+            if "|" in path:
+                raise self.error(name, "a pin names one object: not allowed on a path with adapters ('|')")
+            value = self.text(name, obj[name])
+            if not value:
+                raise self.error(name, "must not be empty")
+            if name == "sha256" and (len(value) != 64 or not _HEX.issuperset(value)):
+                raise self.error(name, "must be 64 lower-case hexadecimal digits (a SHA-256 digest)")
+        return Pins(obj.get("etag"), obj.get("version"), obj.get("sha256"))
 
     def selector(self, obj: dict[str, Any]) -> tuple[Selector, KeyRange, int]:
         """Return the selector kind, its key range, and the largest allowed strip."""

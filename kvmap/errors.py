@@ -18,6 +18,7 @@ __all__ = [
     "KvmapError",
     "ManifestError",
     "MissingDependencyError",
+    "ObjectChangedError",
     "OverlayBaseChangedError",
     "OverlayConflictError",
     "OverlayCorruptError",
@@ -233,3 +234,9 @@ class OverlayConflictError(OverlayError, WriteError):
 
 def _rebuild_conflict(reason: str, keys: list[str], url: str | None) -> OverlayConflictError:
     return OverlayConflictError(reason, keys=keys, url=url)
+
+
+class ObjectChangedError(TargetError):
+    """An exact entry pins what it refers to (``etag``, ``version``, ``sha256``; spec 3.4) and the
+    read found something else: the object changed since the manifest was made (or the pinned
+    version is gone, or the store cannot show which version it served). No bytes are returned."""

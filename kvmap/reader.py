@@ -327,7 +327,7 @@ class Reader:
     async def get(self, key: str, byte_range: ByteRange | None = None) -> Data | None:
         """The bytes of ``key`` (within ``byte_range``), or ``None`` if it does not exist."""
         chain = self.chain
-        if chain.top is None:
+        if chain._top is None:  # the slot: a property call costs on every get
             await self.keymap()
         plan = chain.plan(key, byte_range)
         if plan is not None:
@@ -484,7 +484,7 @@ class Reader:
     def get_sync(self, key: str, byte_range: ByteRange | None = None) -> Data | None:
         """:meth:`get`, with blocking I/O."""
         chain = self.chain
-        if chain.top is None:
+        if chain._top is None:  # the slot: a property call costs on every get
             self.keymap_sync()
         plan = chain.plan(key, byte_range)
         if plan is not None:

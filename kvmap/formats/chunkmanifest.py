@@ -60,7 +60,9 @@ def to_chunk_manifest(manifest: Manifest) -> dict[str, dict[str, Any]]:
 
     Raises :class:`~kvmap.ConvertError` naming the entry for inline bytes, a reference
     without a length (``kvmap convert --materialize`` measures whole objects), and whatever
-    :func:`~kvmap.formats._refs.exact_refs` refuses (prefixes, ranges, pipelines).
+    :func:`~kvmap.formats._refs.exact_refs` refuses (prefixes, ranges, pipelines). Pins
+    (``etag``, ``version``, ``sha256``; spec 3.4) are dropped: a chunk manifest holds only
+    ``path``, ``offset`` and ``length``.
     """
     out: dict[str, dict[str, Any]] = {}
     name = manifest.name or manifest.url

@@ -849,7 +849,8 @@ def to_kerchunk(manifest: Manifest) -> dict[str, Any]:
     naming the manifest, the entry and the field for an entry kerchunk cannot express: a
     prefix or range with a URL (field ``prefix``, ``min`` or ``max``), a URL pipeline, a
     ``memory://``, ``s3+http(s)://`` or unknown URL (``path``), a window with an offset
-    but no length (``offset``).
+    but no length (``offset``). Pins (``etag``, ``version``, ``sha256``; spec 3.4) are dropped:
+    kerchunk references have no place for them, so readers of the output do not check them.
 
     >>> m = Manifest.from_json([{"key": "a", "path": "d/x.bin", "offset": 2, "length": 3},
     ...                         {"key": "b", "data": "AAE="}, {"key": "a", "path": None}],

@@ -1003,7 +1003,8 @@ def write_kerchunk_parquet(
 
     Raises :class:`~kvmap.ConvertError` (before anything is written) as :func:`dump_kerchunk_parquet`
     does, and :class:`~kvmap.SaveError` (an ``OSError``) when ``directory`` exists and is not an
-    empty directory, or the files cannot be written; then nothing is left behind.
+    empty directory, or the files cannot be written; then nothing is left behind. Pins
+    (``etag``, ``version``, ``sha256``; spec 3.4) are dropped, as kerchunk JSON drops them.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as d:

@@ -127,7 +127,7 @@ import orjson
 
 from kvmap.compiled import Explanation, RangeTarget, Resolution, _check_key, _sweep
 from kvmap.entries import Entry
-from kvmap.errors import ManifestError, MissingDependencyError
+from kvmap.errors import ConvertError, ManifestError, MissingDependencyError
 from kvmap.fetch import Fetch, Loading, drive
 from kvmap.formats._arrow import pyarrow
 from kvmap.keyrange import KeyRange, prefix_range, prefix_successor
@@ -274,9 +274,25 @@ def _split(manifest: Manifest) -> tuple[list[tuple[int, Entry]], list[tuple[int,
     if len(manifest) > _MAX_ENTRIES:
         raise ManifestError(f"kvmap compiles at most {_MAX_ENTRIES} entries", manifest=manifest.name)
     _cols, entries = manifest.split()
+    _refuse_pins(entries, manifest.name)
     ranges = [(i, e) for i, e in entries if e.selector != "key"]
     exact = [(i, e) for i, e in entries if e.selector == "key"]
     return ranges, exact
+
+
+def _refuse_pins(entries: Iterable[tuple[int, Entry]], name: str | None) -> None:
+    """Raise :class:`~kvmap.ConvertError` for the first pinned entry (spec 3.4): this layout
+    has no column for pins, and a file that dropped them would read objects they refuse."""
+    for i, e in entries:
+        if e.pins is not None:
+            field = next(iter(e.pins.to_json()))
+            raise ConvertError(
+                "kvmap-parquet does not store pins yet (etag, version, sha256); keep this manifest as "
+                "JSON, or remove its pins to convert it",
+                manifest=name,
+                entry=i,
+                field=field,
+            )
 
 
 def _raw(manifest: Manifest, i: int) -> dict[str, Any]:
@@ -1753,6 +1769,9 @@ class _Intake:
                 raise
             raise _EntryError(exc, indices[exc.entry], batch[exc.entry]) from None
         cols, others = manifest.split()
+        for i, e in others:
+            if e.pins is not None:  # numbered as in the document, not in the batch
+                _refuse_pins([(int(indices[i]), e)], self.name)
         order = np.frombuffer(orders, dtype=np.int64)
         if len(cols.key):
             at = np.asarray(cols.index, dtype=np.int64)

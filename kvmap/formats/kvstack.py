@@ -701,7 +701,8 @@ def to_kvstack(manifest: Manifest) -> dict[str, Any]:
     :class:`~kvmap.ConvertError` naming the entry and the field for what kvstack cannot express:
     a byte window (``offset``, ``length``), inline bytes (``data``, ``json``), or a ``path`` that
     is a URL pipeline, has a scheme tensorstore has no driver for, or a ``file`` path
-    tensorstore's file driver refuses.
+    tensorstore's file driver refuses. Pins (``etag``, ``version``, ``sha256``; spec 3.4) are
+    dropped: a kvstack layer has no field for them, so tensorstore does not check them.
 
     >>> m = Manifest.from_json([{"key": "x", "path": "s3://bkt/x"}, {"key": "y", "path": None}])
     >>> spec = to_kvstack(m)
