@@ -44,8 +44,7 @@ import numpy.typing as npt
 from kvmap._gcpause import paused_gc
 from kvmap.entries import Entry, Pins
 from kvmap.errors import InvalidKeyError, ManifestError
-from kvmap.fetch import Loading
-from kvmap.keymap import ready
+from kvmap.keymap import InMemory
 from kvmap.keyrange import KeyRange, key_successor, prefix_successor
 from kvmap.keytable import MAX_KEY_LENGTH, KeyTable, KeyTooLongError
 from kvmap.manifest import Manifest
@@ -137,7 +136,7 @@ def compile(source: Manifest | Sequence[Mapping[str, Any]]) -> CompiledMap:
         return CompiledMap._build(manifest)
 
 
-class CompiledMap:
+class CompiledMap(InMemory):
     """The compiled, immutable form of a manifest: resolve keys, list pieces, explain.
 
     Valid only in the process that built it (the exact-key table uses the
@@ -585,36 +584,6 @@ class CompiledMap:
             if i >= 0:
                 covering.append(self._table.table[i + 1] >> 32)
         return Explanation(key, tuple(sorted(covering, reverse=True)), resolution)
-
-    # -- the map interface (kvmap.keymap.KeyMap): an in-memory map answers without reading --
-
-    def resolve_io(self, key: str) -> Loading[Resolution | None]:
-        """:meth:`resolve` as a :class:`~kvmap.keymap.KeyMap` lookup (it reads nothing)."""
-        return ready(self.resolve(key))
-
-    def known(self, key: str) -> tuple[Resolution | None, bool]:
-        """:meth:`resolve` and :meth:`is_exact` of ``key`` (a map in memory knows every key)."""
-        return self.resolve(key), self.is_exact(key)
-
-    def resolve_many_io(self, keys: Sequence[str]) -> Loading[list[Resolution | None]]:
-        """:meth:`resolve_many` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(self.resolve_many(keys))
-
-    def explain_io(self, key: str) -> Loading[Explanation]:
-        """:meth:`explain` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(self.explain(key))
-
-    def is_exact_io(self, key: str) -> Loading[bool]:
-        """:meth:`is_exact` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(self.is_exact(key))
-
-    def exact_keys_io(self, prefix: str = "", *, whiteouts: bool = False) -> Loading[list[str]]:
-        """:meth:`exact_keys` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(self.exact_keys(prefix, whiteouts=whiteouts))
-
-    def range_targets_io(self, within: KeyRange) -> Loading[list[RangeTarget]]:
-        """:meth:`range_targets` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(list(self.range_targets(within)))
 
     def __repr__(self) -> str:
         exact = len(self._table) if self._table is not None else 0

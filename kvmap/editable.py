@@ -64,8 +64,7 @@ from sortedcontainers import SortedDict, SortedList  # type: ignore[import-untyp
 from kvmap.compiled import CompiledMap, Explanation, RangeTarget, Resolution, compile
 from kvmap.entries import Entry
 from kvmap.errors import InvalidKeyError, ManifestError
-from kvmap.fetch import Loading
-from kvmap.keymap import ready
+from kvmap.keymap import InMemory
 from kvmap.keyrange import KeyRange, prefix_successor
 from kvmap.keytable import MAX_KEY_LENGTH
 from kvmap.manifest import Manifest
@@ -86,7 +85,7 @@ def _end_max(a: _End, b: _End) -> _End:
     return None if a is None or b is None else max(a, b)
 
 
-class EditableMap:
+class EditableMap(InMemory):
     """A compiled map of a manifest that takes edits in place (see the module documentation).
 
     Implements :class:`~kvmap.keymap.KeyMap` (it answers without reads). Not safe for
@@ -573,36 +572,6 @@ class EditableMap:
     def _roots(self, keep: Callable[[str], bool]) -> set[str]:
         urls = (self._absolute(e.path) for e in self._delta.values() if e.path is not None)
         return {url.partition(PIPELINE_SEPARATOR)[0] for url in urls if keep(url)}
-
-    # -- the map interface (kvmap.keymap.KeyMap): answers without reading ---------------------
-
-    def resolve_io(self, key: str) -> Loading[Resolution | None]:
-        """:meth:`resolve` as a :class:`~kvmap.keymap.KeyMap` lookup (it reads nothing)."""
-        return ready(self.resolve(key))
-
-    def known(self, key: str) -> tuple[Resolution | None, bool]:
-        """:meth:`resolve` and :meth:`is_exact` of ``key`` (a map in memory knows every key)."""
-        return self.resolve(key), self.is_exact(key)
-
-    def resolve_many_io(self, keys: Sequence[str]) -> Loading[list[Resolution | None]]:
-        """:meth:`resolve_many` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(self.resolve_many(keys))
-
-    def explain_io(self, key: str) -> Loading[Explanation]:
-        """:meth:`explain` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(self.explain(key))
-
-    def is_exact_io(self, key: str) -> Loading[bool]:
-        """:meth:`is_exact` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(self.is_exact(key))
-
-    def exact_keys_io(self, prefix: str = "", *, whiteouts: bool = False) -> Loading[list[str]]:
-        """:meth:`exact_keys` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(self.exact_keys(prefix, whiteouts=whiteouts))
-
-    def range_targets_io(self, within: KeyRange) -> Loading[list[RangeTarget]]:
-        """:meth:`range_targets` as a :class:`~kvmap.keymap.KeyMap` lookup."""
-        return ready(list(self.range_targets(within)))
 
     def __repr__(self) -> str:
         return (

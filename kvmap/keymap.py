@@ -105,3 +105,39 @@ def ready(value: T) -> Loading[T]:
     if False:  # a generator function that asks for nothing
         yield Fetch()
     return value
+
+
+class InMemory:
+    """The ``*_io`` lookups and :meth:`known` of a map that answers every lookup in memory
+    (:class:`~kvmap.CompiledMap`, :class:`~kvmap.EditableMap`), from its plain methods of the
+    same names: each a generator that asks for nothing."""
+
+    __slots__ = ()
+
+    def resolve_io(self, key: str) -> Loading[Resolution | None]:
+        """:meth:`resolve` as a :class:`KeyMap` lookup (it reads nothing)."""
+        return ready(self.resolve(key))  # type: ignore[attr-defined]
+
+    def known(self, key: str) -> tuple[Resolution | None, bool]:
+        """:meth:`resolve` and :meth:`is_exact` of ``key`` (a map in memory knows every key)."""
+        return self.resolve(key), self.is_exact(key)  # type: ignore[attr-defined]
+
+    def resolve_many_io(self, keys: Sequence[str]) -> Loading[list[Resolution | None]]:
+        """:meth:`resolve_many` as a :class:`KeyMap` lookup."""
+        return ready(self.resolve_many(keys))  # type: ignore[attr-defined]
+
+    def explain_io(self, key: str) -> Loading[Explanation]:
+        """:meth:`explain` as a :class:`KeyMap` lookup."""
+        return ready(self.explain(key))  # type: ignore[attr-defined]
+
+    def is_exact_io(self, key: str) -> Loading[bool]:
+        """:meth:`is_exact` as a :class:`KeyMap` lookup."""
+        return ready(self.is_exact(key))  # type: ignore[attr-defined]
+
+    def exact_keys_io(self, prefix: str = "", *, whiteouts: bool = False) -> Loading[list[str]]:
+        """:meth:`exact_keys` as a :class:`KeyMap` lookup."""
+        return ready(self.exact_keys(prefix, whiteouts=whiteouts))  # type: ignore[attr-defined]
+
+    def range_targets_io(self, within: KeyRange) -> Loading[list[RangeTarget]]:
+        """:meth:`range_targets` as a :class:`KeyMap` lookup."""
+        return ready(list(self.range_targets(within)))  # type: ignore[attr-defined]
