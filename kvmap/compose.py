@@ -355,7 +355,7 @@ def _layout(
     """The entries: the root metadata (inline, or a prefix onto ``root`` and an exact entry per
     object), then one prefix entry per member. Raises for a bad member name or target."""
     if root is None:
-        head = [_inline(k, v) for k, v in metadata.items()]
+        head = [metadata_entry(k, v) for k, v in metadata.items()]
     else:
         head = [{"prefix": "", "path": root}, *({"key": k, "path": root + k} for k in metadata)]
     entries = list(head)
@@ -379,7 +379,7 @@ def _layout(
     return entries
 
 
-def _inline(key: str, doc: Any) -> dict[str, Any]:
+def metadata_entry(key: str, doc: Any) -> dict[str, Any]:
     """An inline entry for a metadata document: ``json`` where it holds only finite numbers (a
     manifest's JSON values are exact JSON), else its text as zarr writes it (NaN, Infinity)."""
     if _finite(doc):

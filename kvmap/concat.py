@@ -29,6 +29,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeGuard
 
+from kvmap.compose import metadata_entry
 from kvmap.errors import KvmapError
 from kvmap.manifest import Manifest
 from kvmap.places import place_url
@@ -197,9 +198,10 @@ def concatenate_datasets(
             raise ConcatError(f"its arrays {sorted(found)} differ from group 0's {sorted(first)}", s.index, s.label)
     merged = dict(attributes) if attributes is not None else _common(list(root_attrs))
     if fmts[0] == 3:
-        head: list[dict[str, Any]] = [_inline(_V3, {"zarr_format": 3, "node_type": "group", "attributes": merged})]
+        group = {"zarr_format": 3, "node_type": "group", "attributes": merged}
+        head: list[dict[str, Any]] = [metadata_entry(_V3, group)]
     else:
-        head = [_inline(_ZGROUP, {"zarr_format": 2}), _inline(_ZATTRS, merged)]
+        head = [metadata_entry(_ZGROUP, {"zarr_format": 2}), metadata_entry(_ZATTRS, merged)]
     refs: _Refs = _Refs()
     joined_any = False
     for member in sorted(first):
@@ -455,8 +457,8 @@ class _Joined:
         shape[self.axis] = sum(p.shape[self.axis] for p in self.parts)
         doc = {**first.doc, "shape": shape}
         if first.fmt == 3:
-            return [_inline(self.prefix + _V3, {**doc, "attributes": self.attrs})]
-        return [_inline(self.prefix + _ZARRAY, doc), _inline(self.prefix + _ZATTRS, self.attrs)]
+            return [metadata_entry(self.prefix + _V3, {**doc, "attributes": self.attrs})]
+        return [metadata_entry(self.prefix + _ZARRAY, doc), metadata_entry(self.prefix + _ZATTRS, self.attrs)]
 
     def manifest(self, url: str | None, name: str | None) -> Manifest:
         refs = _Refs()
@@ -512,21 +514,3 @@ def _chunk_index(key: str, kind: str, sep: str, grid: Sequence[int]) -> list[int
 def _chunk_key(index: Sequence[int], kind: str, sep: str) -> str:
     body = sep.join(str(i) for i in index)
     return "c" + sep + body if kind == "default" else body
-
-
-def _inline(key: str, doc: Any) -> dict[str, Any]:
-    """An inline entry for a metadata document: ``json`` where it holds only finite numbers (a
-    manifest's JSON values are exact JSON), else its text as zarr writes it (NaN, Infinity)."""
-    if _finite(doc):
-        return {"key": key, "json": doc}
-    return {"key": key, "data": base64.b64encode(json.dumps(doc, allow_nan=True).encode()).decode("ascii")}
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return all(_finite(v) for v in value)
-    return True
