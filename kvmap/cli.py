@@ -421,9 +421,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
         return 0
     note = ", consolidated" if args.consolidated else ""
     _out(f"{args.output}: a zarr v{fmt} group of {_count(len(members), 'member')}{note}, {len(manifest)} entries")
-    if needed:
-        flags = " ".join(f"--allow {p}" for p in needed)
-        _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
+    _say_allow(needed)
     return 0
 
 
@@ -598,10 +596,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         )
         return 0
     _out(f"{args.output}: {done.entries} entries, {done.source_format} -> {done.target_format}")
-    if done.allow:
-        flags = " ".join(f"--allow {p}" for p in done.allow)
-        _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
+    _say_allow(done.allow)
     return 0
+
+
+def _say_allow(needed: Sequence[str]) -> None:
+    """Say which allow prefixes a reader of the manifest just written needs, if any."""
+    if needed:
+        flags = " ".join(f"--allow {p}" for p in needed)
+        _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
 
 
 def _cmd_concat(args: argparse.Namespace) -> int:
@@ -627,9 +630,7 @@ def _cmd_concat(args: argparse.Namespace) -> int:
         _print_json({"output": out_url, "entries": len(manifest), "sources": len(args.sources), "allow": needed})
         return 0
     _out(f"{args.output}: {_count(len(args.sources), 'source')} joined, {len(manifest)} entries, no bytes copied")
-    if needed:
-        flags = " ".join(f"--allow {p}" for p in needed)
-        _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
+    _say_allow(needed)
     return 0
 
 
@@ -643,9 +644,7 @@ def _cmd_squash(args: argparse.Namespace) -> int:
         _print_json({"output": out_url, "entries": len(manifest), "allow": needed})
         return 0
     _out(f"{args.output}: {len(manifest)} entries, the base with the overlay's newest commit on top")
-    if needed:
-        flags = " ".join(f"--allow {p}" for p in needed)
-        _out(f"it names targets outside its own origin; read it with {flags}", "yellow")
+    _say_allow(needed)
     return 0
 
 
