@@ -19,6 +19,7 @@ import zarr
 import kvmap
 from kvmap.store import KVMapStore
 from tests.servers import S3Server
+from tests.terminal import run_with_terminal_stderr
 
 DATA = b"0123456789"
 
@@ -388,25 +389,7 @@ def test_check_on_the_loopback_s3_server(s3_server: S3Server) -> None:
 
 def test_check_shows_a_progress_bar_on_a_terminal(broken: Path) -> None:
     """On a pseudo-terminal, `kvmap check` draws its bar on standard error; piped, it prints none."""
-    import pty
-
-    leader, follower = pty.openpty()
-    try:
-        run = subprocess.run(
-            [sys.executable, "-m", "kvmap", "check", str(broken)], stdout=subprocess.PIPE, stderr=follower, check=False
-        )
-        os.close(follower)
-        shown = b""
-        while True:
-            try:
-                part = os.read(leader, 1 << 16)
-            except OSError:  # the terminal's other end is closed: all was read
-                break
-            if not part:
-                break
-            shown += part
-    finally:
-        os.close(leader)
+    run, shown = run_with_terminal_stderr([sys.executable, "-m", "kvmap", "check", str(broken)])
     assert run.returncode == 1
     assert b"checking" in shown
     piped = _run("check", str(broken))

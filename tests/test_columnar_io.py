@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pickle
 import random
 import subprocess
@@ -21,6 +20,7 @@ import zarr
 
 import kvmap
 from tests.servers import S3Server
+from tests.terminal import run_with_terminal_stderr
 
 pytest.importorskip("pyarrow")
 from kvmap.formats.kvmap_parquet import to_kvmap_parquet
@@ -258,27 +258,9 @@ def test_convert_reads_whole_what_it_cannot_stream(world: tuple[Path, kvmap.Mani
 def test_convert_shows_a_progress_bar_on_a_terminal(world: tuple[Path, kvmap.Manifest, bytes], tmp_path: Path) -> None:
     """`kvmap convert --memory 1` on a pseudo-terminal streams the input under a progress bar
     on standard error; piped, it prints none."""
-    import pty
-
     d, _, _ = world
     args = [sys.executable, "-m", "kvmap", "convert", str(d / "m.json"), "--memory", "1"]
-    leader, follower = pty.openpty()
-    try:
-        run = subprocess.run(
-            [*args, str(tmp_path / "t.kvmap.parquet")], stdout=subprocess.PIPE, stderr=follower, check=False
-        )
-        os.close(follower)
-        shown = b""
-        while True:
-            try:
-                part = os.read(leader, 1 << 16)
-            except OSError:  # the terminal's other end is closed: all was read
-                break
-            if not part:
-                break
-            shown += part
-    finally:
-        os.close(leader)
+    run, shown = run_with_terminal_stderr([*args, str(tmp_path / "t.kvmap.parquet")])
     assert run.returncode == 0, shown
     assert b"converting" in shown
     piped = subprocess.run([*args, str(tmp_path / "p.kvmap.parquet")], capture_output=True, check=False)
