@@ -302,6 +302,7 @@ class Chain:
         "_deciding",
         "_decisions",
         "_folders",
+        "_heads",
         "_located",
         "_maps",
         "_offsets",
@@ -332,6 +333,7 @@ class Chain:
         # Where each map that reads as it goes (not a CompiledMap) reads from: its document.
         self._located: weakref.WeakKeyDictionary[KeyMap, Location] = weakref.WeakKeyDictionary()
         self._zips: _Bounded[Location, tuple[ZipIndex, Location]] = _Bounded(cache_size)
+        self._heads: _Bounded[Location, tuple[int, str]] = _Bounded(cache_size)  # an archive's size and identity
         self._offsets: _Bounded[tuple[Location, str], int] = _Bounded(cache_size * 64)
         # Decisions, as their confinement ("" for none), and per directory a test for the siblings
         # that are decided the same way (Policy.siblings), with that confinement.
@@ -749,7 +751,7 @@ class Chain:
     def forget(self) -> None:
         """Drop every cached manifest, zip directory and policy decision (and the real paths
         the policy remembered)."""
-        for cache in (self._maps, self._zips, self._offsets, self._decisions, self._folders):
+        for cache in (self._maps, self._zips, self._heads, self._offsets, self._decisions, self._folders):
             cache._items.clear()
         self.top = None
         forget = getattr(self.policy.realpath, "forget", None)
@@ -768,7 +770,10 @@ class Chain:
         of the version it was read from: every read through it is of that version, or fails."""
         found = self._zips.get(archive)
         if found is None:
-            found = yield from self._zip_index(archive, walk)
+            try:
+                found = yield from self._zip_index(archive, walk)
+            finally:
+                self._heads._items.pop(archive, None)
             if found is None:
                 return None
             found = self._zips.get(archive) or found  # keep the first, if a batch read it twice
@@ -830,11 +835,17 @@ class Chain:
             # The archive's identity (and size) now: the directory, and every member read through
             # it, must come from this version (a replaced archive is read again, never mixed).
             assert archive.url is not None
-            meta = yield from self._fetch(
-                Read(archive.url, head=True, identify=True, inside=archive.inside, once=True), walk
-            )
+            # Kept while the directory is read: a walk that comes after this HEAD but before the
+            # directory is cached must not ask again (a concurrent first use reads it once).
+            # Dropped once it is cached or has failed: a later walk asks afresh.
+            meta = self._heads.get(archive)
             if meta is None:
-                return None
+                meta = yield from self._fetch(
+                    Read(archive.url, head=True, identify=True, inside=archive.inside, once=True), walk
+                )
+                if meta is None:
+                    return None
+                self._heads.put(archive, meta)
             total, tag = meta
             archive = replace(archive, tag=tag)
             if size is None:
