@@ -485,7 +485,8 @@ class Chain:
 
     def _first(self, key: str) -> tuple[Resolution | None, str, Callable[[], bool]] | None:
         """``key``'s answer in :attr:`top`, its document URL and a test of whether the answer is
-        an exact entry's, if it takes no read and leaves depth to spare; ``None``: take the walk."""
+        an exact entry's, if it takes no read, leaves depth to spare and is no pinned entry's;
+        ``None``: take the walk."""
         top = self._top
         if top is None:
             return None
@@ -493,11 +494,16 @@ class Chain:
         if hops >= self.max_depth:
             return None
         if isinstance(cm, CompiledMap):
-            return cm.resolve(path + key), doc, partial(cm.is_exact, path + key)
-        known = cm.known(path + key)
-        if known is None:
-            return None  # the map would have to read: the walk does that
-        return known[0], doc, partial(bool, known[1])
+            res, exact = cm.resolve(path + key), partial(cm.is_exact, path + key)
+        else:
+            known = cm.known(path + key)
+            if known is None:
+                return None  # the map would have to read: the walk does that
+            res, exact = known[0], partial(bool, known[1])
+        pinned = self._top_pins
+        if res is not None and pinned is not None and (not isinstance(pinned, dict) or res.entry in pinned):
+            return None  # the walk checks what the entry pins
+        return res, doc, exact
 
     def plan(self, key: str, byte_range: ByteRange | None) -> tuple[Read | None, Any] | None:
         """The walk in one step, for its most common case: ``key`` resolved in :attr:`top` by an
@@ -520,9 +526,6 @@ class Chain:
         assert url is not None
         if not url or PIPELINE_SEPARATOR in url:
             return None
-        pinned = self._top_pins
-        if pinned is not None and (not isinstance(pinned, dict) or res.entry in pinned):
-            return None  # the walk checks what the entry pins
         inside = self.check(url, doc, res.entry, key, exact)
         if res.length is not None:
             start, end = clamp(byte_range, res.length)
@@ -551,9 +554,6 @@ class Chain:
         assert url is not None
         if not url or PIPELINE_SEPARATOR in url:
             return None
-        pinned = self._top_pins
-        if pinned is not None and (not isinstance(pinned, dict) or res.entry in pinned):
-            return None  # the walk places it with its pins
         inside = self.check(url, doc, res.entry, key, exact)
         return (Location(url, res.offset or 0, res.length, inside=inside),)
 

@@ -611,14 +611,27 @@ def _sweep(
     """
     if not ranges:
         return [], [-1], [None]
+    by_index = dict(ranges)
+    bounds, winners = _piece_winners([(i, e.range) for i, e in ranges])
+    bounds = _contiguous(bounds)
+    chosen = [by_index.get(w) for w in winners]
+    urls = _contiguous([absolute(c.path) if c is not None and c.path is not None else "" for c in chosen])
+    targets: list[_RangeTarget] = [
+        None if c is None or c.path is None else (w, url, c.strip)
+        for w, c, url in zip(winners, chosen, urls, strict=True)
+    ]
+    return bounds, winners, targets
+
+
+def _piece_winners(ranges: Sequence[tuple[int, KeyRange]]) -> tuple[list[str], list[int]]:
+    """Disjoint pieces of numbered key ranges: ``winners[bisect_right(bounds, key)]`` is the
+    highest-numbered range containing ``key`` (-1: none); adjacent pieces have different winners."""
     starts: dict[str, list[int]] = {}
     ends: dict[str, list[int]] = {}
-    by_index: dict[int, Entry] = {}
-    for i, e in ranges:
-        by_index[i] = e
-        starts.setdefault(e.range.min, []).append(i)
-        if e.range.max is not None:
-            ends.setdefault(e.range.max, []).append(i)
+    for i, rng in ranges:
+        starts.setdefault(rng.min, []).append(i)
+        if rng.max is not None:
+            ends.setdefault(rng.max, []).append(i)
     active: list[int] = []  # max-heap of entry indices, negated
     ended: set[int] = set()
     bounds: list[str] = []
@@ -633,14 +646,7 @@ def _sweep(
         if winner != winners[-1]:
             bounds.append(point)
             winners.append(winner)
-    bounds = _contiguous(bounds)
-    chosen = [by_index.get(w) for w in winners]
-    urls = _contiguous([absolute(c.path) if c is not None and c.path is not None else "" for c in chosen])
-    targets: list[_RangeTarget] = [
-        None if c is None or c.path is None else (w, url, c.strip)
-        for w, c, url in zip(winners, chosen, urls, strict=True)
-    ]
-    return bounds, winners, targets
+    return bounds, winners
 
 
 def _load_speedups() -> type[RangeIndex[Any]] | None:

@@ -54,16 +54,15 @@ over with compact numbers.
 from __future__ import annotations
 
 import copy
-import heapq
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from sortedcontainers import SortedDict, SortedList  # type: ignore[import-untyped]
 
-from kvmap.compiled import CompiledMap, Explanation, RangeTarget, Resolution, compile
+from kvmap.compiled import CompiledMap, Explanation, RangeTarget, Resolution, _check_key, _piece_winners, compile
 from kvmap.entries import Entry
-from kvmap.errors import InvalidKeyError, ManifestError
+from kvmap.errors import ManifestError
 from kvmap.keymap import InMemory
 from kvmap.keyrange import KeyRange, prefix_successor
 from kvmap.keytable import MAX_KEY_LENGTH
@@ -421,7 +420,7 @@ class EditableMap(InMemory):
         slots = self._exact.get(key)
         if slots:
             top = slots[-1]
-        bounds, winners = self._delta_sweep()
+        bounds, winners = self._delta_piece_winners()
         ranged = winners[bisect_right(bounds, key)]
         top = max(top, ranged)
         if top >= self._nb:  # an appended entry wins over every base entry
@@ -437,9 +436,9 @@ class EditableMap(InMemory):
             return best, explained.resolution
         return best, self._answer(best, self._base_manifest.entries[best], key)
 
-    def _delta_sweep(self) -> tuple[list[str], list[int]]:
+    def _delta_piece_winners(self) -> tuple[list[str], list[int]]:
         if self._range_sweep is None:
-            self._range_sweep = _sweep([(i, e.range) for i, e in self._ranges.items()])
+            self._range_sweep = _piece_winners([(i, e.range) for i, e in self._ranges.items()])
         return self._range_sweep
 
     def _absolute(self, path: str) -> str:
@@ -545,7 +544,7 @@ class EditableMap(InMemory):
             return
         entries = {i: e for i, e in (*self._live_base_ranges(), *self._ranges.items())}
         meeting = [(i, e.range) for i, e in entries.items() if not e.range.intersect(within).is_empty()]
-        bounds, winners = _sweep(meeting)
+        bounds, winners = _piece_winners(meeting)
         for k, winner in enumerate(winners):
             if winner < 0:
                 continue
@@ -598,38 +597,3 @@ def _row(key: str, path: str | None, offset: int | None, length: int | None) -> 
     if length is not None:
         row["length"] = length
     return row
-
-
-def _check_key(key: str) -> None:
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKeyError(
-            f"key {key!r} holds a lone surrogate: keys are strings of Unicode scalar values"
-        ) from None
-
-
-def _sweep(ranges: Sequence[tuple[int, KeyRange]]) -> tuple[list[str], list[int]]:
-    """Disjoint pieces of ranges: ``winners[bisect_right(bounds, key)]`` is the highest-numbered
-    range containing ``key`` (-1: none); adjacent pieces have different winners."""
-    starts: dict[str, list[int]] = {}
-    ends: dict[str, list[int]] = {}
-    for i, rng in ranges:
-        starts.setdefault(rng.min, []).append(i)
-        if rng.max is not None:
-            ends.setdefault(rng.max, []).append(i)
-    active: list[int] = []  # max-heap of entry numbers, negated
-    ended: set[int] = set()
-    bounds: list[str] = []
-    winners = [-1]
-    for point in sorted(starts.keys() | ends.keys()):
-        ended.update(ends.get(point, ()))
-        for i in starts.get(point, ()):
-            heapq.heappush(active, -i)
-        while active and -active[0] in ended:
-            heapq.heappop(active)
-        winner = -active[0] if active else -1
-        if winner != winners[-1]:
-            bounds.append(point)
-            winners.append(winner)
-    return bounds, winners

@@ -535,52 +535,53 @@ class Overlay:
         """The value of ``key`` (within ``byte_range``) in the composite namespace, ``None`` if absent.
         Raises a :class:`~kvmap.TargetError` for an overlay object that is missing or damaged (a whole
         read checks its sha256), and what the base's reads raise."""
-        state = await self._loaded_async()
-        entry = self._entry(state, key)
+        entry = self._entry(await self._loaded_async(), key)
         if entry is _NO_ENTRY:
             return await self.reader.get(key, byte_range)
-        if entry is None:
-            return None
-        if isinstance(entry, _Inline):
-            start, end = clamp(byte_range, len(entry.data))
-            return entry.data[start:end]
-        start, end = clamp(byte_range, entry.size)
-        path = self.location.path(f"objects/{entry.sha256}")
+        answer = self._answer(entry, byte_range)
+        if not isinstance(answer, tuple):
+            return answer
+        obj, path, start, end = answer
         try:
             if byte_range is None:
                 got = await obstore.get_async(self.location.store, path)
-                return self._checked(key, entry, bytes(await got.bytes_async()))
-            if start == end:
-                return b""
+                return self._checked(key, obj, bytes(await got.bytes_async()))
             return bytes(await obstore.get_range_async(self.location.store, path, start=start, end=end))
         except Exception as exc:
             if isinstance(exc, KvmapError):
                 raise
-            raise self._object_failed(key, entry.sha256, exc) from exc
+            raise self._object_failed(key, obj.sha256, exc) from exc
 
     def get_sync(self, key: str, byte_range: ByteRange | None) -> Data | None:
         """:meth:`get` with blocking I/O."""
-        state = self._loaded()
-        entry = self._entry(state, key)
+        entry = self._entry(self._loaded(), key)
         if entry is _NO_ENTRY:
             return self.reader.get_sync(key, byte_range)
+        answer = self._answer(entry, byte_range)
+        if not isinstance(answer, tuple):
+            return answer
+        obj, path, start, end = answer
+        try:
+            if byte_range is None:
+                return self._checked(key, obj, bytes(obstore.get(self.location.store, path).bytes()))
+            return bytes(obstore.get_range(self.location.store, path, start=start, end=end))
+        except Exception as exc:
+            if isinstance(exc, KvmapError):
+                raise
+            raise self._object_failed(key, obj.sha256, exc) from exc
+
+    def _answer(self, entry: Any, byte_range: ByteRange | None) -> Data | tuple[Any, str, int, int] | None:
+        """What an overlay entry gives without I/O (``None``: a whiteout; bytes: inline, or an
+        empty range), else the read to make: ``(entry, object path, start, end)``."""
         if entry is None:
             return None
         if isinstance(entry, _Inline):
             start, end = clamp(byte_range, len(entry.data))
             return entry.data[start:end]
         start, end = clamp(byte_range, entry.size)
-        path = self.location.path(f"objects/{entry.sha256}")
-        try:
-            if byte_range is None:
-                return self._checked(key, entry, bytes(obstore.get(self.location.store, path).bytes()))
-            if start == end:
-                return b""
-            return bytes(obstore.get_range(self.location.store, path, start=start, end=end))
-        except Exception as exc:
-            if isinstance(exc, KvmapError):
-                raise
-            raise self._object_failed(key, entry.sha256, exc) from exc
+        if byte_range is not None and start == end:
+            return b""
+        return entry, self.location.path(f"objects/{entry.sha256}"), start, end
 
     async def get_many(self, keys: Sequence[str], byte_ranges: Sequence[ByteRange | None]) -> list[Data | None]:
         """:meth:`get` of many keys, in order; the base's keys in one batch of the base reader."""
