@@ -15,7 +15,9 @@ Cases (targets from issue 17):
   exact-key edits: <= 1.5x the fresh compile's map; after ``merge()``: equal (the merged
   map's ``resolve`` is the compiled map's own);
 * the same after the prefix/range edits, resolving only edited keys, and ``merge()`` itself
-  against a compile: reported, the numbers the merge bound (``kvmap.editable``) comes from.
+  against a compile: reported, the numbers the merge bound (``kvmap.editable``) comes from;
+* ``merge()`` of a mixed manifest (n/10 entries: references, inline values and prefixes, then
+  4,000 appended inline values) against a compile of the edited manifest: reported.
 
 Every round builds the maps anew and alternates which side is timed first.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import base64
 import gc
 import random
 from collections.abc import Sequence
@@ -40,6 +43,7 @@ from kvmap.editable import EditableMap
 
 EDITS = 10_000
 RANGE_EDITS = 1_000
+MIXED_EDITS = 4_000
 QUERIES = 200_000
 
 
@@ -59,6 +63,19 @@ def exact_edits(keys: list[str], seed: int) -> list[tuple[Any, ...]]:
         else:
             ops.append(("remove", slots.pop()))
     return ops
+
+
+def mixed_manifest(n: int) -> kvmap.Manifest:
+    """``n`` entries of three kinds: references, inline values (every other key) and a prefix per 1,000."""
+    entries: list[dict[str, Any]] = []
+    for i in range(n):
+        if i % 1000 == 0:
+            entries.append({"prefix": f"p{i}/", "path": f"s3://bucket/p{i}/"})
+        elif i % 2:
+            entries.append({"key": f"c/{i}", "data": base64.b64encode(f"value {i}".encode()).decode()})
+        else:
+            entries.append({"key": f"c/{i}", "path": "s3://bucket/data.nc", "offset": 8 * i, "length": 8})
+    return kvmap.Manifest.from_json(entries, url=None)
 
 
 def range_edits(n: int, seed: int) -> list[tuple[Any, ...]]:
@@ -126,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rops = range_edits(args.n, args.seed)
     rng = random.Random(args.seed)
     m: dict[str, list[float]] = {}
+    mixed = mixed_manifest(args.n // 10)
 
     def add(name: str, value: float) -> None:
         m.setdefault(name, []).append(value)
@@ -178,6 +196,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             add(f"range resolve {name}", ns_per_key(resolve, queries))
             add(f"range resolve edited {name}", ns_per_key(resolve, range_queries))
         del em, cm, edited_manifest
+        gc.collect()
+        # -- a merge of a mixed manifest (not all plain references) ----------------------------
+        em = EditableMap(mixed)
+        for j in range(MIXED_EDITS):
+            em.append({"key": f"new/{j}", "data": "AAAA"})
+        gc.collect()
+        seconds, _ = timed(em.merge)
+        add("mixed merge", seconds * 1e3)
+        edited_manifest = em.manifest()
+        gc.collect()
+        seconds, _ = timed(lambda edited_manifest=edited_manifest: kvmap.compile(edited_manifest))
+        add("mixed compile", seconds * 1e3)
+        del em, edited_manifest
 
     rows = [
         Row(f"{EDITS:,} exact-key edits, total ms (vs one compile)", m["exact edits"], m["compile"], max_value=1000),
@@ -188,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         Row("resolve after merge(), ns/key", m["merged em"], m["merged cm"], max_ratio=1.1),
         Row("resolve after prefix/range edits, ns/key", m["range resolve em"], m["range resolve cm"]),
         Row("  only keys in the edited ranges, ns/key", m["range resolve edited em"], m["range resolve edited cm"]),
+        Row(
+            f"merge() of a mixed manifest ({len(mixed):,} entries), ms (vs compile)",
+            m["mixed merge"],
+            m["mixed compile"],
+        ),
     ]
     print_report(
         "editable maps: edits without a recompile",

@@ -291,22 +291,27 @@ class EditableMap(InMemory):
         """The merged base manifest from every entry's JSON object."""
         raw = self._base_manifest.to_json()["entries"]
         slots: list[Any] = [*raw[: self._nb], *([None] * (self._n - self._nb))]
+        known = dict(self._base_manifest.split()[1])  # the entries the base holds as entries
         for i, obj in self._delta_json.items():
-            slots[i] = obj
+            slots[i], known[i] = obj, self._delta[i]
         for i in self._dead:
             slots[i] = None
+            known.pop(i, None)
         # A tombstone compiles as a copy of the next live entry: that entry covers the same
         # keys and wins over it, so the copy never decides a key, and numbers stay slots.
         following = None
         for i in range(len(slots) - 1, -1, -1):
             if slots[i] is None:
                 slots[i] = following
+                if following is not None and i + 1 in known:
+                    known[i] = known[i + 1]
             else:
                 following = slots[i]
         end = len(slots)
         while end and slots[end - 1] is None:
             end -= 1
-        return Manifest.from_json(slots[:end], url=self.url, name=self.name)
+        # Every entry was validated when it was given: the rebuilt manifest is not validated again.
+        return Manifest._checked(slots[:end], known, self.url, self.name)
 
     def _columnar_build(self) -> Manifest | None:
         """The merged base manifest as :meth:`_general_build` makes it, built from columns when the

@@ -81,6 +81,20 @@ class Pins:
         return self.etag is not None or self.version is not None
 
 
+def _plain_inline(obj: dict[str, Any]) -> Entry | None:
+    """``{"key": K, "data": B}`` with ASCII ``K`` and valid base64 ``B`` as its entry, without the
+    general checks (the bulk of a manifest of small values); ``None`` for anything else, which
+    the general path then accepts or refuses as always."""
+    key, text = obj.get("key"), obj.get("data")
+    if type(key) is not str or type(text) is not str or not key.isascii() or not text.isascii():
+        return None
+    try:
+        data = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
+    return Entry("key", KeyRange(key, key_successor(key)), 0, "data", data=data)
+
+
 def same_etag(a: str, b: str) -> bool:
     """Whether two ETags are the same: compared without surrounding double quotes (stores and
     tools differ in whether they keep them).
@@ -122,6 +136,10 @@ class Entry:
     @classmethod
     def from_json(cls, obj: Any, index: int, manifest: str | None = None) -> Entry:
         """Validate one JSON entry object; raise :class:`ManifestError` naming ``index``."""
+        if type(obj) is dict and len(obj) == 2:
+            inline = _plain_inline(obj)
+            if inline is not None:
+                return inline
         v = _Validator(manifest, index)
         if not isinstance(obj, dict):
             raise v.error(None, f"an entry must be a JSON object, not {_json_type(obj)}")

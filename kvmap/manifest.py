@@ -29,7 +29,7 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter, itemgetter
@@ -333,6 +333,24 @@ class Manifest:
         self = object.__new__(cls)
         self.url, self.name = url, name
         self._raw, self._exact, self._others = entries, columns, []
+        return self
+
+    @classmethod
+    def _checked(cls, raw: list[Any], known: Mapping[int, Entry], url: str | None, name: str | None) -> Manifest:
+        """The manifest of ``raw`` where ``known[i]``, when present, is already the validated entry
+        of ``raw[i]`` for this ``url`` (an edited manifest rebuilt, every entry validated when it
+        was given): plain exact-key entries take columns again, the others keep their known
+        entries instead of being validated anew."""
+        self = object.__new__(cls)
+        self.url, self.name, self._raw = url, name, raw
+        exact = _columns_if_valid(raw, url)
+        columned = set() if exact is None else set(exact.index)
+        self._exact = _NO_EXACT if exact is None else exact
+        self._others = [
+            (i, known[i] if i in known else Entry.from_json(_as_object(obj), i, name))
+            for i, obj in enumerate(raw)
+            if i not in columned
+        ]
         return self
 
     @classmethod

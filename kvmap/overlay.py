@@ -51,6 +51,16 @@ records and commits them with its own pending writes as one commit, then deletes
 writes are ordered (its later write of a key wins); two copies, or a copy and the owner, that wrote a
 key differently make the commit raise :class:`OverlayConflictError` (nothing committed).
 
+**Lookups and listings.** A key's overlay entry is found by two dict lookups (the pending writes,
+then the commit's entries). Listings go through an index of the view: an
+:class:`~kvmap.editable.EditableMap` of the overlay's entries, made by the first listing after a
+load (about 1 s per 10**5 entries, most of it validating the entries) and then edited, not remade:
+the writes since the last listing are applied to it in one batch when the next listing asks (a
+write itself costs a dict update), and it merges its edits as its own bound says. A listing of a
+directory then costs ``O(log n + k)`` for ``k`` keys below it, not a scan of every overlay entry
+(``bench/bench_overlay.py``: ``list_dir`` of a 3-key group among 10**5 overlay entries, 32 ms
+before, 60 µs now).
+
 A crash before a commit leaves only unreferenced objects and records: :func:`collect_garbage`
 removes them.
 :func:`squash` writes base + overlay as one new standalone manifest.
@@ -80,6 +90,7 @@ from obstore.exceptions import AlreadyExistsError
 from obstore.store import HTTPStore
 
 from kvmap.chain import ByteRange, clamp
+from kvmap.editable import EditableMap
 from kvmap.errors import (
     DanglingReferenceError,
     KvmapError,
@@ -461,6 +472,13 @@ class Overlay:
         self._state: _State | None = None
         self._base: dict[str, Any] | None = None  # the base identity the next commit records
         self._pending: dict[str, Entry] = {}
+        # The view (the state's entries with the pending writes on top) as an editable map, and
+        # the state it was made from, for listings: writes are edits of it, not copies of the view,
+        # applied in a batch by the next listing (a write costs one dict update).
+        self._index: tuple[_State, EditableMap] | None = None
+        self._slots: dict[str, int] = {}  # the map's slot of each key written since it was made
+        self._unindexed: dict[str, Entry] = {}  # writes not yet applied to the map
+        self._merge_at: int | None = None  # the map's merge bound (None: EditableMap's measured default)
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -513,8 +531,39 @@ class Overlay:
         entry = self._pending.get(key, _NO_ENTRY)
         return state.entries.get(key, _NO_ENTRY) if entry is _NO_ENTRY else entry
 
-    def _view(self, state: _State) -> dict[str, Entry]:
-        return {**state.entries, **self._pending}
+    def _view(self, state: _State) -> EditableMap:
+        """The view as a map (call with the lock held): made from ``state`` and the pending
+        writes when ``state`` is not the one the current map was made from (a load, a rebase,
+        a discard), else the map every write since has edited."""
+        index = self._index
+        if index is None or index[0] is not state:
+            view = {**state.entries, **self._pending}
+            docs = [_entry_json(k, view[k]) for k in sorted(view)]
+            # A map of the overlay's own entries only: relative object paths resolve inside it.
+            manifest = Manifest.from_json(docs, url=f"{self.url}commits/view.json", name=f"overlay {self.url}")
+            index = self._index = (state, EditableMap(manifest, merge_at=self._merge_at))
+            self._slots, self._unindexed = {}, {}
+        em, slots = index[1], self._slots
+        for key, entry in self._unindexed.items():
+            slot = slots.get(key)
+            if slot is None:
+                # A committed key's first write shadows its entry: the later slot wins.
+                slots[key] = em.append(_entry_json(key, entry))
+            else:
+                em.replace(slot, _entry_json(key, entry))
+        self._unindexed.clear()
+        return em
+
+    def _listed(self, state: _State, prefix: str) -> tuple[list[str], list[str]]:
+        """The overlay's keys below ``prefix`` that hold a value, and those whited out; sorted."""
+        with self._lock:
+            em = self._view(state)
+            every = em.exact_keys(prefix, whiteouts=True)
+            values = em.exact_keys(prefix)
+        if len(values) == len(every):
+            return values, []
+        held = set(values)
+        return values, [k for k in every if k not in held]
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -609,27 +658,22 @@ class Overlay:
 
     async def list_prefix(self, prefix: str) -> list[str]:
         """The keys of the composite namespace that start with ``prefix``, sorted."""
-        state = await self._loaded_async()
-        view = self._view(state)
+        values, whiteouts = self._listed(await self._loaded_async(), prefix)
         keys = set(await self.reader.list_prefix(prefix))
-        for key, entry in view.items():
-            if key.startswith(prefix):
-                if entry is None:
-                    keys.discard(key)
-                else:
-                    keys.add(key)
+        keys.difference_update(whiteouts)
+        keys.update(values)
         return sorted(keys)
 
     async def list_dir(self, directory: str) -> list[str]:
         """The children of ``directory`` (``""`` or ending in ``/``), sorted."""
         state = await self._loaded_async()
-        view = self._view(state)
-        if any(e is None and k.startswith(directory) for k, e in view.items()):
+        values, whiteouts = self._listed(state, directory)
+        if whiteouts:
             # A whiteout can empty a directory of the base: only the full listing tells.
             keys = await self.list_prefix(directory)
             return sorted({k[len(directory) :].split("/", 1)[0] for k in keys})
         names = set(await self.reader.list_dir(directory))
-        names.update(k[len(directory) :].split("/", 1)[0] for k in view if k.startswith(directory))
+        names.update(k[len(directory) :].split("/", 1)[0] for k in values)
         names.discard("")  # a key equal to the directory with its "/" is not a child
         return sorted(names)
 
@@ -713,7 +757,10 @@ class Overlay:
             except Exception as exc:
                 raise self._record_failed(writes, exc) from exc
             self._mine.append(name)
-        self._pending.update(writes)
+        with self._lock:
+            self._pending.update(writes)
+            if self._index is not None:
+                self._unindexed.update(writes)
 
     def _note_sync(self, writes: dict[str, Entry]) -> None:
         if self.member:
@@ -723,7 +770,10 @@ class Overlay:
             except Exception as exc:
                 raise self._record_failed(writes, exc) from exc
             self._mine.append(name)
-        self._pending.update(writes)
+        with self._lock:
+            self._pending.update(writes)
+            if self._index is not None:
+                self._unindexed.update(writes)
 
     # -- the session's records ------------------------------------------------------------------
 
@@ -791,6 +841,7 @@ class Overlay:
         committed by this owner (and :func:`collect_garbage` removes it)."""
         with self._lock:
             self._pending.clear()
+            self._index = None
             if self.member:
                 mine, self._mine = self._mine, []
                 self._drop_records(self.location.path(name) for name in mine)
@@ -868,6 +919,9 @@ class Overlay:
                 if newer.base is not None and not self.allow_base_change:
                     self._base = newer.base  # keep the identity the other writer checked
                 state = newer
+            if self._index is not None and self._index[0] is state and not recorded:
+                # No rebase, no copies' writes: the map is the new state with what stays pending on top.
+                self._index = (new, self._index[1])
             self._state = new
             # The records are in the commit: never gathered again (kept in _skip until deleted).
             self._drop_records(r.name for r in records)

@@ -176,3 +176,33 @@ def test_manifests_pickle_and_compiled_maps_say_why_they_do_not() -> None:
         assert kvmap.compile(again).resolve_many(keys) == kvmap.compile(m).resolve_many(keys)
     with pytest.raises(TypeError, match="pickle its Manifest"):
         pickle.dumps(kvmap.compile(bulk))
+
+
+# -- the inline fast path of Entry.from_json ---------------------------------------------------------
+
+
+class _Plain(dict):  # type: ignore[type-arg]
+    """A dict that Entry.from_json's fast path does not take (it takes exact dicts only)."""
+
+
+_B64ISH = st.one_of(
+    st.binary(max_size=12).map(lambda b: __import__("base64").b64encode(b).decode()),
+    st.text(alphabet="AB=+/-_ \n\u00e9", max_size=8),
+)
+
+
+@given(
+    st.one_of(st.text(max_size=6), st.integers(), st.none()),
+    st.one_of(_B64ISH, st.integers(), st.none()),
+)
+def test_an_inline_entry_is_what_the_general_validation_makes_of_it(key: Any, data: Any) -> None:
+    from kvmap.entries import Entry
+
+    def outcome(obj: dict[str, Any]) -> Any:
+        try:
+            return Entry.from_json(obj, 3, "m")
+        except kvmap.ManifestError as exc:
+            return (exc.entry, exc.field, str(exc))
+
+    obj = {"key": key, "data": data}
+    assert outcome(obj) == outcome(_Plain(obj))

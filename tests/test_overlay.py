@@ -383,7 +383,10 @@ class OverlayMachine(RuleBasedStateMachine):
         self.store = self._open()
 
     def _open(self) -> KVMapStore:
-        return KVMapStore(self.target, overlay=self.overlay)
+        store = KVMapStore(self.target, overlay=self.overlay)
+        # Merge the view's editable map every few writes, so that merges happen within a run.
+        store.overlay._merge_at = 2  # type: ignore[union-attr]
+        return store
 
     @staticmethod
     def _view(base: dict[str, bytes], entries: dict[str, bytes | None]) -> dict[str, bytes]:
@@ -443,6 +446,12 @@ class OverlayMachine(RuleBasedStateMachine):
         expected = self._view(self.base, {**self.seen, **self.pending})
         assert {k: _get(self.store, k) for k in KEYS} == {k: expected.get(k) for k in KEYS}
         assert _keys(self.store) == sorted(expected)
+        overlay = self.store.overlay
+        assert overlay is not None
+        for directory in ("", "d/", "z/", "z/y/"):
+            children = sorted({k[len(directory) :].split("/", 1)[0] for k in expected if k.startswith(directory)})
+            assert _run(overlay.list_dir(directory)) == children, directory
+        assert _run(overlay.list_prefix("d/")) == sorted(k for k in expected if k.startswith("d/"))
 
     @invariant()
     def fresh_store_sees_the_commits(self) -> None:
