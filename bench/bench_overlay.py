@@ -7,10 +7,11 @@ keys as inline entries — the same namespace without an overlay.
 
 Cases: ``get`` of an overlay key and of a base key (per key), ``set`` of a small value (per
 key, pending), ``list_dir`` of the small group ``meta/`` and of one array's chunk directory,
-``list_prefix`` of one array, and ``commit()`` of one more write (which writes the whole
-entry list: commits are snapshots, see :mod:`kvmap.overlay`). Targets: none set by an issue;
-the overlay's listings of a small directory should not grow with ``n`` (its index is an
-:class:`~kvmap.editable.EditableMap`, not a scan of every overlay entry).
+``list_prefix`` of one array, and ``commit()`` of one more write (a delta commit: it writes what
+it changed, see :mod:`kvmap.overlay`; baseline: saving the plain manifest, what a snapshot
+costs). Targets: none set by an issue; the overlay's listings of a small directory should not
+grow with ``n`` (its index is an :class:`~kvmap.editable.EditableMap`, not a scan of every
+overlay entry).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             f"building the overlay ({n:,} writes and a commit) took {build:.1f} s; its first listing "
             f"(which makes its index, an EditableMap) {index * 1e3:.0f} ms",
             "set: an overlay keeps a small value inline (pending); the plain store writes a file",
-            "commit: an overlay commit writes its whole entry list (a snapshot); baseline: Manifest.save",
+            "commit: a delta commit writes what it changed (a snapshot every 16th); baseline: Manifest.save",
         ],
     )
 

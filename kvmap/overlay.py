@@ -8,7 +8,7 @@ Layout of an overlay at ``URL`` (a directory or prefix on a backend with create-
 ``file://`` and local paths, ``memory://``, ``s3://``/``s3+http(s)://``, ``gs://``, ``az://``)::
 
     URL/objects/<sha256 hex>          the bytes of values larger than INLINE_LIMIT, content-addressed
-    URL/commits/<20-digit number>.json  one commit: the overlay's whole entry list (a snapshot)
+    URL/commits/<20-digit number>.json  one commit: every entry (a snapshot) or what it changed (a delta)
     URL/latest                        a hint: the number of a recent commit (never trusted alone)
     URL/pending/<session>/<copy>-<n>.json  a write a copy of a store recorded for its session's owner
 
@@ -31,11 +31,17 @@ touch one key exactly one succeeds, and two that touch disjoint keys both do —
 ("Changed" compares entries: a key set to the same object by both writers is still a conflict, since
 an entry names the bytes; a key changed and changed back by others reads as unchanged.)
 
-**The current state** is the highest-numbered commit. Each commit holds the full entry list, so an
-open reads one commit, never a chain of deltas: the ``latest`` hint (rewritten after each commit,
-best effort), then ``HEAD`` requests probing forward from it (1, 2, 4... then a bisection; commit
-numbers are contiguous), then the commit. A lost or stale hint costs a few more ``HEAD`` requests;
-only a hint naming a commit that was collected falls back to one listing of ``commits/``.
+**The current state** is the highest-numbered commit. A commit is a *snapshot* (version 1: every
+entry) or a *delta* (version 2: the entries it wrote, and ``since``, the snapshot it builds on, whose
+later commits up to it are all deltas on it). A commit is a delta unless the deltas since the last
+snapshot would number :data:`MAX_DELTAS` or repeat more than a quarter of the entries (at least
+:data:`DELTA_MIN`): so a commit costs about what it changed, and an open reads one snapshot and at
+most ``MAX_DELTAS`` deltas (concurrently: their numbers are known), about 1.25 times the entries at
+most. An open finds the newest number from the ``latest`` hint (rewritten after each commit, best
+effort), then ``HEAD`` requests probing forward from it (1, 2, 4... then a bisection; commit numbers
+are contiguous). A lost or stale hint costs a few more ``HEAD`` requests; only a hint naming a
+commit that was collected falls back to one listing of ``commits/``. A reader of version 1 refuses
+a delta by its version (``kvmap_overlay: 2``) rather than read it as the whole list.
 
 **The base's identity.** Every commit records the base it was made on: its URL (or the in-memory
 manifest's URL or name), size, ETag and sha256 of its root object. Opening an overlay whose base has
@@ -129,7 +135,11 @@ __all__ = [
 #: Values of at most this many bytes are held inline in the commit (see docs/overlays.md for the
 #: measurement: below it, a separate object costs more than the bytes it would keep out of a commit).
 INLINE_LIMIT = 4096
-FORMAT = 1
+FORMAT = 1  # a snapshot commit (every entry); readers of version 1 know only these
+DELTA_FORMAT = 2  # a delta commit (the entries it changed); a version-1 reader refuses it by its version
+#: A snapshot is written at least every this many commits (so an open reads at most this many documents).
+MAX_DELTAS = 16
+DELTA_MIN = 1024  # deltas may repeat this many entries in all before a snapshot, however small the list
 _DIGITS = 20
 _OBJECT = re.compile(r"\.\./objects/([0-9a-f]{64})\Z")
 _COMMIT = re.compile(r"(\d{20})\.json\Z")
@@ -198,39 +208,80 @@ class _State:
     number: int  # 0: no commit yet
     entries: dict[str, Entry]
     base: dict[str, Any] | None  # the identity recorded by the commit
+    since: int = 0  # the snapshot this state was read from (== number: the commit is a snapshot)
+    chain: int = 0  # entries written by the deltas since that snapshot
 
 
 def _commit_name(number: int) -> str:
     return f"commits/{number:0{_DIGITS}d}.json"
 
 
-def _parse_commit(data: bytes, url: str, number: int) -> _State:
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    """One commit document: a snapshot (``since == number``: every entry) or a delta (the entries
+    it changed, on top of the commits ``since .. number - 1``, ``since`` a snapshot)."""
+
+    number: int
+    since: int
+    entries: dict[str, Entry]
+    base: dict[str, Any] | None
+
+
+def _parse_commit(data: bytes, url: str, number: int) -> _Commit:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OverlayCorruptError(f"{url}: not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("kvmap_overlay") != FORMAT or doc.get("commit") != number:
-        raise OverlayCorruptError(f"{url}: not commit {number} of a version-{FORMAT} kvmap overlay")
-    raw = doc.get("entries")
+    version = doc.get("kvmap_overlay") if isinstance(doc, dict) else None
+    if version not in (FORMAT, DELTA_FORMAT) or doc.get("commit") != number:
+        raise OverlayCorruptError(f"{url}: not commit {number} of a version-{FORMAT} or -{DELTA_FORMAT} kvmap overlay")
+    since = doc.get("since", number) if version == DELTA_FORMAT else number
+    raw = doc.get("entries") if version == FORMAT else doc.get("changes")
     base = doc.get("base")
     if not isinstance(raw, list) or not (base is None or isinstance(base, dict)):
-        raise OverlayCorruptError(f"{url}: entries must be a list and base an object")
-    entries = dict(_parse_entry(e, url, i) for i, e in enumerate(raw))
-    return _State(number, entries, base)
+        raise OverlayCorruptError(f"{url}: entries (changes) must be a list and base an object")
+    if type(since) is not int or not 1 <= since <= number or (version == DELTA_FORMAT and since == number):
+        raise OverlayCorruptError(f"{url}: a delta commit names the snapshot it builds on (since < commit)")
+    return _Commit(number, since, dict(_parse_entry(e, url, i) for i, e in enumerate(raw)), base)
 
 
-def _commit_bytes(state: _State, changed: Iterable[str], session: str | None = None) -> bytes:
+def _snapshot_due(state: _State, changes: int) -> bool:
+    """Whether the commit after ``state`` writing ``changes`` entries is a snapshot: when there is
+    none yet, when the deltas since the last one would be :data:`MAX_DELTAS`, or when they would
+    repeat more entries than a quarter of the whole list (so opening reads at most about 1.25
+    times the entries, in at most ``MAX_DELTAS + 1`` documents, and a commit costs its changes)."""
+    if state.number == 0 or state.number - state.since + 1 > MAX_DELTAS:
+        return True
+    return state.chain + changes > max(DELTA_MIN, len(state.entries) // 4)
+
+
+def _commit_bytes(new: _State, changes: Mapping[str, Entry], session: str | None = None) -> bytes:
+    """The document of commit ``new`` (after a state with ``new.since``/``new.chain`` already
+    decided: a snapshot if ``new.since == new.number``), which writes ``changes``."""
+    snapshot = new.since == new.number
     doc: dict[str, Any] = {
-        "kvmap_overlay": FORMAT,
-        "commit": state.number,
+        "kvmap_overlay": FORMAT if snapshot else DELTA_FORMAT,
+        "commit": new.number,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
-        "base": state.base,
-        "changed": sorted(changed),
+        "base": new.base,
+        "changed": sorted(changes),
     }
     if session is not None:
         doc["session"] = session  # the session whose copies' records this commit holds
-    doc["entries"] = [_entry_json(k, state.entries[k]) for k in sorted(state.entries)]
+    if snapshot:
+        doc["entries"] = [_entry_json(k, new.entries[k]) for k in sorted(new.entries)]
+    else:
+        doc["since"] = new.since
+        doc["changes"] = [_entry_json(k, changes[k]) for k in sorted(changes)]
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _next_state(state: _State, number: int, changes: Mapping[str, Entry], base: dict[str, Any] | None) -> _State:
+    """The state after commit ``number`` writes ``changes`` on top of ``state``."""
+    entries = {**state.entries, **changes}
+    if _snapshot_due(state, len(changes)):
+        return _State(number, entries, base, number, 0)
+    return _State(number, entries, base, state.since, state.chain + len(changes))
 
 
 # -- the write records of a session's copies --------------------------------------------------------
@@ -368,12 +419,31 @@ class _Location:
                     best = max(best, int(m.group(1)))
         return best
 
+    def commit(self, number: int) -> _Commit:
+        """Commit document ``number``; ``FileNotFoundError`` if it does not exist."""
+        name = _commit_name(number)
+        return _parse_commit(bytes(obstore.get(self.store, self.path(name)).bytes()), self.url + name, number)
+
     def read(self, number: int) -> _State:
+        """The state as of commit ``number``: its snapshot and the deltas on it up to ``number``,
+        read concurrently."""
         if number == 0:
             return _State(0, {}, None)
-        name = _commit_name(number)
-        data = bytes(obstore.get(self.store, self.path(name)).bytes())
-        return _parse_commit(data, self.url + name, number)
+        top = self.commit(number)
+        chain = [top]
+        if top.since < number:
+            numbers = range(top.since, number)
+            with concurrent.futures.ThreadPoolExecutor(min(_GATHER_THREADS, len(numbers))) as pool:
+                chain[:0] = pool.map(self.commit, numbers)
+            for c in chain[1:]:
+                if c.since != top.since:
+                    raise OverlayCorruptError(f"{self.url}: commit {c.number} is not a delta on snapshot {top.since}")
+            if chain[0].since != top.since:
+                raise OverlayCorruptError(f"{self.url}: commit {top.since} is not a snapshot")
+        entries: dict[str, Entry] = {}
+        for c in chain:
+            entries.update(c.entries)
+        return _State(number, entries, top.base, top.since, sum(len(c.entries) for c in chain[1:]))
 
     def load(self) -> _State:
         """The newest commit. A commit that a collection removed between finding and reading it
@@ -892,7 +962,7 @@ class Overlay:
                 return self._loaded().number
             while True:
                 number = state.number + 1
-                new = _State(number, {**state.entries, **pending}, self._base)
+                new = _next_state(state, number, pending, self._base)
                 name = _commit_name(number)
                 try:
                     doc = _commit_bytes(new, pending, self.session if records else None)
@@ -1033,8 +1103,10 @@ def collect_garbage(
     report = GarbageReport()
     first = 1 if keep_commits is None else max(1, latest - keep_commits + 1)
     referenced: set[str] = set()
+    if first > 1:
+        first = location.commit(first).since  # a kept delta keeps the snapshot and deltas it builds on
     for number in range(first, latest + 1):
-        entries = location.read(number).entries.values()
+        entries = location.commit(number).entries.values()  # every state from first on is a union of these
         referenced.update(e.sha256 for e in entries if isinstance(e, _Object))
     cutoff = datetime.datetime.now(datetime.UTC) - grace
     if latest:

@@ -337,9 +337,75 @@ def test_crash_leaves_only_unreferenced_objects(tmp_path: Path) -> None:
     assert report.kept == 1
     assert _get(KVMapStore(manifest, overlay=tmp_path / "ov"), "kept") == BIG
     trimmed = collect_garbage(tmp_path / "ov", grace=timedelta(0), keep_commits=1)
-    assert trimmed.commits == [1]
+    assert trimmed.commits == []  # commit 2 is a delta on snapshot 1: keeping it keeps 1
     assert trimmed.objects == []
     assert KVMapStore(manifest, overlay=tmp_path / "ov").overlay.commit_number == 2  # type: ignore[union-attr]
+
+
+def _commit_doc(overlay: Path, number: int) -> dict[str, Any]:
+    return json.loads((overlay / "commits" / f"{number:020d}.json").read_text())
+
+
+def test_commits_are_deltas_on_a_snapshot_written_every_so_often(tmp_path: Path) -> None:
+    from kvmap.overlay import MAX_DELTAS
+
+    manifest = _local_base(tmp_path / "b", {})
+    ov = tmp_path / "ov"
+    expected: dict[str, bytes] = {}
+    for n in range(1, 2 * MAX_DELTAS + 6):
+        store = KVMapStore(manifest, overlay=ov)
+        value = BIG + str(n).encode() if n % 3 else SMALL + str(n).encode()
+        store.set_sync(f"k{n % 7}", cpu.Buffer.from_bytes(value))
+        expected[f"k{n % 7}"] = value
+        assert store.overlay.commit() == n  # type: ignore[union-attr]
+        fresh = KVMapStore(manifest, overlay=ov)
+        assert {k: _get(fresh, k) for k in expected} == expected
+    kinds = [_commit_doc(ov, n)["kvmap_overlay"] for n in range(1, 2 * MAX_DELTAS + 6)]
+    # A snapshot, then MAX_DELTAS deltas on it, then the next snapshot...
+    assert kinds[: 2 * MAX_DELTAS + 3] == ([1] + [2] * MAX_DELTAS) * 2 + [1]
+    delta = _commit_doc(ov, 3)
+    assert delta["since"] == 1
+    assert [e["key"] for e in delta["changes"]] == ["k3"]
+    assert "entries" not in delta
+    # Keeping the newest 2 commits keeps the snapshot and the deltas they build on, and no older.
+    latest = 2 * MAX_DELTAS + 5
+    since = _commit_doc(ov, latest)["since"]
+    trimmed = collect_garbage(ov, grace=timedelta(0), keep_commits=2)
+    assert trimmed.commits == list(range(1, since))
+    assert {k: _get(KVMapStore(manifest, overlay=ov), k) for k in expected} == expected
+
+
+def test_a_commit_repeating_a_quarter_of_the_entries_is_a_snapshot(tmp_path: Path) -> None:
+    manifest = _local_base(tmp_path / "b", {})
+    ov = tmp_path / "ov"
+    with KVMapStore(manifest, overlay=ov) as store:
+        for i in range(5000):
+            store.set_sync(f"c/{i}", cpu.Buffer.from_bytes(b"v"))
+    with KVMapStore(manifest, overlay=ov) as store:
+        for i in range(1000):  # 1,000 <= max(1024, 5000 / 4): a delta
+            store.set_sync(f"c/{i}", cpu.Buffer.from_bytes(b"w"))
+    with KVMapStore(manifest, overlay=ov) as store:
+        for i in range(300):  # 1,300 in the deltas since the snapshot: more than 1,250
+            store.set_sync(f"d/{i}", cpu.Buffer.from_bytes(b"x"))
+    assert [_commit_doc(ov, n)["kvmap_overlay"] for n in (1, 2, 3)] == [1, 2, 1]
+    assert len(_commit_doc(ov, 3)["entries"]) == 5300
+
+
+def test_a_delta_on_something_that_is_not_its_snapshot_is_corrupt(tmp_path: Path) -> None:
+    manifest = _local_base(tmp_path / "b", {})
+    ov = tmp_path / "ov"
+    for n in range(3):
+        with KVMapStore(manifest, overlay=ov) as store:
+            store.set_sync(f"k{n}", cpu.Buffer.from_bytes(SMALL))
+    doc = _commit_doc(ov, 3)
+    doc["since"] = 2  # commit 2 is a delta, not a snapshot
+    (ov / "commits" / f"{3:020d}.json").write_text(json.dumps(doc))
+    with pytest.raises(OverlayCorruptError, match="not a snapshot"):
+        _get(KVMapStore(manifest, overlay=ov), "k0")
+    doc["since"] = 3  # a delta cannot be its own snapshot
+    (ov / "commits" / f"{3:020d}.json").write_text(json.dumps(doc))
+    with pytest.raises(OverlayCorruptError, match="since"):
+        _get(KVMapStore(manifest, overlay=ov), "k0")
 
 
 def test_squash(place: Place, tmp_path: Path) -> None:
