@@ -40,6 +40,7 @@ from kvmap.errors import (
     ResolveError,
     SaveError,
     TargetError,
+    WindowError,
     WriteError,
 )
 from kvmap.keymap import KeyMap
@@ -92,6 +93,7 @@ __all__ = [
     "ResolveError",
     "SaveError",
     "TargetError",
+    "WindowError",
     "WriteError",
     "check",
     "collect_garbage",

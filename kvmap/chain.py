@@ -52,6 +52,7 @@ from kvmap.errors import (
     PolicyError,
     ResolveError,
     TargetError,
+    WindowError,
 )
 from kvmap.fetch import Loading
 from kvmap.formats import Fetch, Format, adapter_kind, for_adapter
@@ -474,7 +475,7 @@ class Chain:
                     try:
                         loc = loc.window(res.offset, res.length)
                     except ValueError as exc:
-                        raise TargetError(
+                        raise WindowError(
                             str(exc), key=walk.key, manifest=frame.via, entry=res.entry, url=res.url
                         ) from None
                 if frame.pins is not None:
@@ -1017,8 +1018,8 @@ class Chain:
             raise self._short(loc, walk)
 
     @staticmethod
-    def _short(loc: Location, walk: Walk) -> TargetError:
-        return TargetError(
+    def _short(loc: Location, walk: Walk) -> WindowError:
+        return WindowError(
             f"object is shorter than the window [{loc.offset}, {loc.offset + (loc.length or 0)}) its entry gives",
             key=walk.key,
             **_origin_of(walk),

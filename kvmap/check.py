@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +60,7 @@ from kvmap.errors import (
     PolicyError,
     ResolveError,
     TargetError,
+    WindowError,
     located,
 )
 from kvmap.formats import adapter_kind
@@ -77,9 +77,6 @@ __all__ = ["KINDS", "CheckReport", "Problem", "check", "check_async", "pin_manif
 #: The kinds of :class:`Problem`, in the order a report lists them for one entry.
 KINDS = ("dangling", "past-end", "missing-root", "not-allowed", "error")
 
-# How the walk words a byte window that does not fit its object (kvmap.chain: a window past the
-# end of the object read, or past the end of the window it lies in). The tests hold it to both.
-_PAST_END = re.compile(r"shorter than the window|overruns")
 # How the walk words a chained manifest that is not there (kvmap.chain.Chain._missing).
 _NO_MANIFEST = "manifest not found"
 
@@ -501,7 +498,7 @@ def _problem(
             kind = "not-allowed"
         elif isinstance(exc, DanglingReferenceError):
             kind = "dangling"
-        elif isinstance(exc, TargetError) and _PAST_END.search(exc.reason):
+        elif isinstance(exc, WindowError):
             kind = "past-end"
         else:
             kind = "error"
@@ -617,11 +614,11 @@ async def _pinned(reader: Reader, url: str, entry: dict[str, Any], inside: str |
             "dangling reference: the object its exact entry names does not exist", **where
         ) from None
     except ShortObjectError as exc:
-        raise TargetError(f"object is shorter than the window its entry gives: {exc}", **where) from None
+        raise WindowError(f"object is shorter than the window its entry gives: {exc}", **where) from None
     except Exception as exc:
         raise TargetError(f"cannot pin it: {describe(exc)}", **where) from exc
     if data is None:
         raise DanglingReferenceError("dangling reference: the object its exact entry names does not exist", **where)
     if end is not None and len(data) < end - offset:
-        raise TargetError("object is shorter than the window its entry gives", **where)
+        raise WindowError("object is shorter than the window its entry gives", **where)
     return Pins(etag, version, hashlib.sha256(data).hexdigest())

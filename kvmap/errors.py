@@ -29,6 +29,7 @@ __all__ = [
     "ResolveError",
     "SaveError",
     "TargetError",
+    "WindowError",
     "WriteError",
 ]
 
@@ -147,6 +148,11 @@ def _rebuild_resolve_error(
 class TargetError(ResolveError):
     """Reading a target failed: permission, network, server error, timeout, or an
     object shorter than its entry's byte window."""
+
+
+class WindowError(TargetError):
+    """An entry's byte window does not fit what it lies in: the object (or the inline bytes, or
+    the window of an outer entry) is shorter than the window. A manifest error found by reading."""
 
 
 class DanglingReferenceError(TargetError):
