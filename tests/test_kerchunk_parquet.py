@@ -504,7 +504,7 @@ def test_bad_zmetadata_is_reported(zmetadata: bytes, field: str | None, words: s
 
 def test_bad_rows_are_reported_with_file_row_and_column() -> None:
     files = one_chunk_directory(["s3://b/x", ""])
-    with pytest.raises(ManifestError, match="'a/1': path '' is empty") as info:
+    with pytest.raises(ManifestError, match="'a/1': path '' is refused: is empty") as info:
         drive(load("s3://b/refs"), files.get)
     assert (info.value.manifest, info.value.entry, info.value.field) == ("s3://b/refs/a/refs.0.parq", 1, "path")
     with pytest.raises(ManifestError, match="relative path") as info:
@@ -570,7 +570,7 @@ _ARRAY = {"key": "a/.zarray", "json": zarray([4, 4], [2, 2])}
         ({"key": "a/0.0", "path": "s3://b/x", "offset": 0, "length": 0}, "length", "whole object"),
         ({"key": "a/0.0", "path": "s3://b/x", "length": 0}, "length", "whole object"),
         ({"key": "a/0.0", "path": "s3://b/x", "offset": 5}, "length", "needs the length"),
-        ({"key": "a/0.0", "path": "s3+https://h/b/x", "offset": 1, "length": 1}, "path", "S3-compatible"),
+        ({"key": "a/0.0", "path": "s3+https://h/b/x", "offset": 1, "length": 1}, "path", "S3 endpoint"),
         ({"key": "a/0.0", "path": "memory://store/x"}, "path", "memory file system"),
         ({"key": "a/0.0", "path": "ftp://h/x"}, "path", "does not read"),
         ({"key": "a/.zattrs", "path": "s3://b/.zattrs"}, "path", "inline JSON"),

@@ -107,13 +107,13 @@ from collections.abc import Callable, Mapping, Sequence
 from itertools import compress, repeat
 from operator import and_, eq, is_, not_
 from typing import Any, NoReturn
-from urllib.parse import quote, unquote
 
 import orjson
 
 from kvmap._gcpause import paused_gc
 from kvmap.errors import ConvertError, ManifestError, MissingDependencyError
 from kvmap.fetch import Fetch, Loading
+from kvmap.formats._fsspec_urls import RefusedError, fsspec_url, kvmap_url
 from kvmap.manifest import Manifest, parse_json
 from kvmap.url import PIPELINE_SEPARATOR, resolve_target
 
@@ -129,14 +129,6 @@ _MAX_POWER_BITS = 100_000
 
 _INSTALL = "pip install 'kvmap[kerchunk]'"
 
-# Characters a URL path keeps as they are: unreserved, sub-delims, ":", "@" and "/".
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"
-_PATH_SAFE_ALL = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + _PATH_SAFE
-_HTTP_SAFE = _PATH_SAFE + "?#[]%"
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_BUCKET = re.compile(r"[A-Za-z0-9._\-]+\Z")
-_KVMAP_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(/[^?#]*)?\Z", re.S)
-
 # A plain substitution ``{{ name }}``; the names jinja2 reads as literals are not names.
 _SIMPLE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _JINJA_LITERALS = frozenset(("true", "false", "none", "True", "False", "None"))
@@ -147,15 +139,6 @@ _SNIFF = 256  # references looked at by looks_like_kerchunk
 #: The bytes inline data may hold to be written as a plain string: printable ASCII, tab,
 #: newline and carriage return (``bytes.translate`` deletes them: what remains is not text).
 _TEXT_BYTES = bytes([9, 10, 13, *range(32, 127)])
-
-
-class _RefusedError(Exception):
-    """A value or URL kvmap cannot take; the caller names where it is."""
-
-    def __init__(self, reason: str, field: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.field = field
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -388,7 +371,7 @@ class _Reader:
             return {"key": key, "path": path, "offset": value[1], "length": value[2]}
         try:
             data = _inline(value)
-        except _RefusedError as exc:
+        except RefusedError as exc:
             self.fail(key, exc.field, exc.reason)
         return {"key": key, "data": base64.b64encode(data).decode("ascii")}
 
@@ -398,19 +381,19 @@ class _Reader:
             if self.target is None:
                 self.fail(key, "url", "the URL is null, and no target URL was given for such references")
             try:
-                return _kvmap_url(self.target)
-            except _RefusedError as exc:
+                return kvmap_url(self.target)
+            except RefusedError as exc:
                 self.fail(key, "url", f"the URL is null, and the target {self.target!r}: {exc.reason}")
         if type(url) is not str:
             self.fail(key, "url", f"the URL must be a string or null, not {_kind(url)}")
         if "{{" in url and (self.plain or self.functions):
             try:
                 url = self.render(url, {})
-            except _RefusedError as exc:
+            except RefusedError as exc:
                 self.fail(key, "url", f"the URL template {url!r}: {exc.reason}")
         try:
-            return _kvmap_url(url)
-        except _RefusedError as exc:
+            return kvmap_url(url)
+        except RefusedError as exc:
             self.fail(key, "url", f"{url!r}: {exc.reason}")
 
     def fail(self, key: Any, field: str | None, reason: str) -> NoReturn:
@@ -453,10 +436,10 @@ class _Reader:
         assert self._template_values is not None
         try:
             rendered = template.render({**self._template_values, **values})
-        except _RefusedError:
+        except RefusedError:
             raise
         except Exception as exc:  # the template is code from the document: any error is its own
-            raise _RefusedError(f"cannot be rendered: {_reason(exc)}") from None
+            raise RefusedError(f"cannot be rendered: {_reason(exc)}") from None
         return str(rendered)
 
     def template(self, text: str) -> Any:
@@ -467,7 +450,7 @@ class _Reader:
             try:
                 template = environment.from_string(text)
             except Exception as exc:
-                raise _RefusedError(f"is not a jinja2 template: {_reason(exc)}") from None
+                raise RefusedError(f"is not a jinja2 template: {_reason(exc)}") from None
             if len(self._compiled) >= 4096:
                 self._compiled.clear()
             self._compiled[text] = template
@@ -572,8 +555,8 @@ class _Reader:
             path = paths.get(url)
             if path is None:
                 try:
-                    path = paths[url] = _kvmap_url(url)
-                except _RefusedError as exc:
+                    path = paths[url] = kvmap_url(url)
+                except RefusedError as exc:
                     raise self.gen_error(i, "url", key, f"{url!r}: {exc.reason}") from None
             if not window:
                 append({"key": key, "path": path})
@@ -606,13 +589,13 @@ class _Reader:
 
         try:
             self.template(text)  # a syntax error is reported once, before any key is made
-        except _RefusedError as exc:
+        except RefusedError as exc:
             raise self.gen_error(i, field, None, f"{text!r} {exc.reason}") from None
 
         def rendered(values: tuple[Any, ...]) -> str:
             try:
                 return self.render(text, dict(zip(names, values, strict=True)))
-            except _RefusedError as exc:
+            except RefusedError as exc:
                 shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, values, strict=True))
                 raise self.gen_error(i, field, None, f"{text!r} with {shown} {exc.reason}") from None
 
@@ -680,7 +663,7 @@ class _TemplateFunction:
         return str(template.render(**kwargs))
 
     def __str__(self) -> str:
-        raise _RefusedError(
+        raise RefusedError(
             f"template {self._name!r} is a function (its text has '{{{{'): call it with its values, "
             f"{self._name}(name=value)"
         )
@@ -719,9 +702,9 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
                 and isinstance(count, int)
                 and len(seq) * count > _MAX_TEMPLATE_SIZE
             ):
-                raise _RefusedError(f"'*' would make {len(seq) * count:,} items (at most {_MAX_TEMPLATE_SIZE:,})")
+                raise RefusedError(f"'*' would make {len(seq) * count:,} items (at most {_MAX_TEMPLATE_SIZE:,})")
     elif isinstance(left, int) and isinstance(right, int) and max(left.bit_length(), 1) * right > _MAX_POWER_BITS:
-        raise _RefusedError(f"'**' would make an integer of about {left.bit_length() * right:,} bits")
+        raise RefusedError(f"'**' would make an integer of about {left.bit_length() * right:,} bits")
 
 
 # -- values and URLs ---------------------------------------------------------------------------
@@ -733,7 +716,7 @@ def _inline(value: Any) -> bytes:
         try:
             raw = value.encode("utf-8")
         except UnicodeEncodeError:
-            raise _RefusedError("holds a lone surrogate (not valid Unicode)", "data") from None
+            raise RefusedError("holds a lone surrogate (not valid Unicode)", "data") from None
     elif isinstance(value, bytes):
         raw = value
     else:
@@ -742,7 +725,7 @@ def _inline(value: Any) -> bytes:
         try:
             return base64.b64decode(raw[7:])  # not validating: fsspec skips stray characters
         except (binascii.Error, ValueError) as exc:
-            raise _RefusedError(f"is not valid base64 ({exc})", "data") from None
+            raise RefusedError(f"is not valid base64 ({exc})", "data") from None
     return raw
 
 
@@ -763,79 +746,7 @@ def _fsspec_json(value: Any) -> bytes:
     try:
         return _DUMPS(value).encode("utf-8")
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise _RefusedError(f"is not a JSON value ({_reason(exc)})", "data") from None
-
-
-def _kvmap_url(url: str) -> str:
-    """The kvmap URL (or relative reference) of the object fsspec reads at ``url``."""
-    if "://" in url:
-        protocol, rest = url.split("://", 1)
-        if len(protocol) > 1:  # fsspec: a one-letter protocol is a Windows drive
-            return _protocol_url(protocol, rest, url)
-    if url.startswith("data:"):
-        raise _RefusedError("data: URLs are not read by kvmap: store the bytes inline instead")
-    for prefix in ("file:", "local:"):  # fsspec's local file system strips these
-        if url.startswith(prefix):
-            url = url[len(prefix) :]
-            break
-    return _local(url)
-
-
-def _protocol_url(protocol: str, rest: str, url: str) -> str:
-    scheme = protocol.lower()
-    if scheme in ("file", "local"):
-        return _local(rest)
-    if scheme in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"):
-        bucket, slash, key = rest.partition("/")
-        if scheme in ("abfs", "abfss", "az") and "@" in bucket:
-            raise _RefusedError(
-                "names the storage account in the URL; kvmap takes the account from the caller's store "
-                f"options: write az://{bucket.partition('@')[0]}/{key}"
-            )
-        if not _BUCKET.match(bucket):
-            raise _RefusedError(f"{bucket!r} is not a bucket or container name kvmap can address")
-        out = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}.get(scheme, scheme)
-        return f"{out}://{bucket}{slash}{_quote(key, _PATH_SAFE)}"
-    if scheme in ("http", "https"):
-        if rest.strip(_PATH_SAFE_ALL + "?#[]%"):
-            rest = _quote(_BAD_ESCAPE.sub("%25", rest), _HTTP_SAFE)
-        elif "%" in rest:
-            rest = _BAD_ESCAPE.sub("%25", rest)
-        return f"{scheme}://{rest}"
-    if scheme == "memory":
-        raise _RefusedError(
-            "fsspec's memory:// is its process-global MemoryFileSystem, which kvmap cannot reach "
-            "(kvmap's memory://NAME/ is a store of its own): put the objects in files or an object store"
-        )
-    if scheme == "adl":
-        raise _RefusedError("adl:// is Azure Data Lake Gen1, which kvmap does not read (az:// is Blob storage)")
-    if "::" in protocol:
-        raise _RefusedError("is a chained fsspec URL (a::b), which kvmap does not read; reference the objects directly")
-    raise _RefusedError(f"kvmap does not read {protocol}:// URLs (it reads s3, gs, az, http(s) and local files)")
-
-
-def _local(path: str) -> str:
-    """A local path as fsspec's local file system reads it, as a kvmap reference."""
-    if path.startswith("~"):
-        raise _RefusedError("a path in the user's home directory (~) means another file for every user")
-    if path == "":
-        raise _RefusedError("is empty")
-    stripped = path.rstrip("/")
-    path = stripped or path[:1]
-    if path.startswith("/"):
-        return "file://" + _quote(path, _PATH_SAFE)
-    # A relative path: ":" is escaped, or its first segment would read as a scheme.
-    return _quote(path, _PATH_SAFE.replace(":", ""))
-
-
-def _quote(path: str, safe: str) -> str:
-    """``path`` percent-encoded so that kvmap's decoding gives it back (a cheap test first)."""
-    if not path.strip(_PATH_SAFE_ALL) and (":" in safe or ":" not in path):
-        return path
-    try:
-        return quote(path, safe=safe, encoding="utf-8", errors="strict")
-    except UnicodeEncodeError:
-        raise _RefusedError("holds a lone surrogate (not valid Unicode)") from None
+        raise RefusedError(f"is not a JSON value ({_reason(exc)})", "data") from None
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -948,28 +859,10 @@ def _fsspec_url(manifest: Manifest, path: str, i: int) -> str:
 
     if PIPELINE_SEPARATOR in path:
         refuse("a URL pipeline cannot be written as a kerchunk reference: flatten the chain first")
-    absolute = resolve_target(manifest.url, path)
-    m = _KVMAP_URL.match(absolute)
-    if m is None:
-        refuse("is not a URL fsspec and kvmap read alike (scheme://authority/path, no query)")
-    scheme, authority, object_path = m.group(1).lower(), m.group(2), m.group(3) or ""
-    if scheme in ("http", "https"):
-        return absolute
-    if scheme == "memory":
-        refuse("kvmap's memory:// stores are not fsspec's memory file system")
-    if scheme in ("s3+http", "s3+https"):
-        refuse("fsspec cannot name an S3 endpoint in a URL: rewrite it as s3:// and give fsspec the endpoint")
-    if scheme not in ("file", "s3", "gs", "az"):
-        refuse(f"kvmap does not read {scheme}:// URLs, so it cannot say what fsspec should read")
-    if scheme == "file":
-        if authority not in ("", "localhost"):
-            refuse("a file URL names no host")
-        authority = ""
     try:
-        decoded = unquote(object_path, encoding="utf-8", errors="strict")
-    except UnicodeDecodeError:
-        refuse("the path does not decode as UTF-8")
-    return f"{scheme}://{authority}{decoded}"
+        return fsspec_url(resolve_target(manifest.url, path))
+    except RefusedError as exc:
+        refuse(exc.reason)
 
 
 # -- helpers ----------------------------------------------------------------------------------

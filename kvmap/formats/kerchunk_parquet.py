@@ -91,7 +91,6 @@ from operator import attrgetter
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
-from urllib.parse import quote, unquote
 
 import msgspec
 import numpy as np
@@ -103,6 +102,7 @@ from kvmap.entries import MAX_INT
 from kvmap.errors import ConvertError, ManifestError, SaveError
 from kvmap.fetch import Fetch, Loading, drive
 from kvmap.formats._arrow import pyarrow
+from kvmap.formats._fsspec_urls import RefusedError, fsspec_url, kvmap_url
 from kvmap.manifest import Manifest
 from kvmap.url import PIPELINE_SEPARATOR, is_absolute, resolve_target
 
@@ -111,13 +111,6 @@ __all__ = ["dump_kerchunk_parquet", "from_kerchunk_parquet", "load", "write_kerc
 _COLUMNS = ("path", "offset", "size", "raw")
 #: Rows of one record turned into entry text at a time (Arrow string arrays hold at most 2 GiB).
 _SLICE_ROWS = 1 << 18
-#: What stays as it is in the path of a URL kvmap reads: RFC 3986 ``pchar`` and ``/``, less ``%``.
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"
-_PATH_SAFE_ALL = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + _PATH_SAFE
-_HTTP_SAFE = _PATH_SAFE + "?#[]%"
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_BUCKET = re.compile(r"[A-Za-z0-9._\-]+\Z")
-_KVMAP_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(/[^?#]*)?\Z", re.S)
 _CANONICAL_INDEX = re.compile(r"(?:0|[1-9][0-9]*)\Z")
 _B64_PREFIX = b"base64:"
 #: The most chunks an array's grid may have (chunk numbers are int64 in the columnar code).
@@ -432,71 +425,11 @@ class _PathError(Exception):
 
 def _import_path(path: str) -> str:
     """The kvmap path (a URL or a relative reference) of the object fsspec reads at ``path``
-    (the same table as kerchunk JSON's, :mod:`kvmap.formats.kerchunk`); raises ``_PathError``."""
-    if "://" in path:
-        protocol, rest = path.split("://", 1)
-        if len(protocol) > 1:  # fsspec: a one-letter protocol is a Windows drive
-            return _protocol_url(protocol, rest)
-    if path.startswith("data:"):
-        raise _PathError("is a data: URL, which kvmap does not read: store the bytes inline (raw) instead")
-    for prefix in ("file:", "local:"):  # fsspec's local file system strips these
-        if path.startswith(prefix):
-            path = path[len(prefix) :]
-            break
-    return _local(path)
-
-
-def _protocol_url(protocol: str, rest: str) -> str:
-    scheme = protocol.lower()
-    if scheme in ("file", "local"):
-        return _local(rest)
-    if scheme in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"):
-        bucket, slash, key = rest.partition("/")
-        if scheme in ("abfs", "abfss", "az") and "@" in bucket:
-            raise _PathError(
-                "names the storage account in the URL; kvmap takes the account from the caller's store "
-                f"options: write az://{bucket.partition('@')[0]}/{key}"
-            )
-        if not _BUCKET.match(bucket):
-            raise _PathError(f"has {bucket!r}, which is not a bucket or container name kvmap can address")
-        out = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}.get(scheme, scheme)
-        return f"{out}://{bucket}{slash}{_quote(key, _PATH_SAFE)}"
-    if scheme in ("http", "https"):
-        # A URL already: only what a URL cannot hold is encoded (space, |, non-ASCII, a stray %).
-        if rest.strip(_PATH_SAFE_ALL + "?#[]%"):
-            rest = _quote(_BAD_ESCAPE.sub("%25", rest), _HTTP_SAFE)
-        elif "%" in rest:
-            rest = _BAD_ESCAPE.sub("%25", rest)
-        return f"{scheme}://{rest}"
-    if scheme == "memory":
-        raise _PathError(
-            "is in fsspec's process-global memory file system, which kvmap cannot reach (kvmap's "
-            "memory://NAME/ is a store of its own)"
-        )
-    if "::" in protocol:
-        raise _PathError("is a chained fsspec URL (a::b), which kvmap does not read; reference the objects directly")
-    raise _PathError(f"is a {protocol}:// URL, which kvmap does not read (it reads s3, gs, az, http(s), local files)")
-
-
-def _local(path: str) -> str:
-    """A local path as fsspec's local file system reads it, as a kvmap reference."""
-    if path.startswith("~"):
-        raise _PathError("is in the user's home directory (~), another file for every user")
-    if path == "":
-        raise _PathError("is empty")
-    stripped = path.rstrip("/")  # fsspec's local file system drops a trailing /
-    path = stripped or path[:1]
-    if path.startswith("/"):
-        return "file://" + _quote(path, _PATH_SAFE)
-    # A relative path: ":" is escaped, or its first segment would read as a scheme.
-    return _quote(path, _PATH_SAFE.replace(":", ""))
-
-
-def _quote(path: str, safe: str) -> str:
-    """``path`` percent-encoded so that kvmap's decoding gives it back (a cheap test first)."""
-    if not path.strip(_PATH_SAFE_ALL) and (":" in safe or ":" not in path):
-        return path
-    return quote(path, safe=safe, encoding="utf-8", errors="strict")
+    (the same table as kerchunk JSON's, :mod:`kvmap.formats._fsspec_urls`); raises ``_PathError``."""
+    try:
+        return kvmap_url(path)
+    except RefusedError as exc:
+        raise _PathError(f"is refused: {exc.reason}") from None
 
 
 def _column(table: Any, name: str) -> Any:
@@ -912,32 +845,12 @@ def _raw_value(data: bytes) -> bytes:
 
 
 def _export_url(url: str) -> str:
-    """The fsspec URL of the absolute kvmap URL ``url``: its object path percent-decoded (fsspec
-    takes paths literally), ``http(s)`` as it is; raises ``_PathError`` for what fsspec would
-    read elsewhere (the same rules as kerchunk JSON's export)."""
-    m = _KVMAP_URL.match(url)
-    if m is None:
-        raise _PathError("is not a URL fsspec and kvmap read alike (scheme://authority/path, no query)")
-    scheme, authority, object_path = m[1].lower(), m[2], m[3] or ""
-    if scheme in ("http", "https"):
-        return url
-    if scheme == "memory":
-        raise _PathError("is in a kvmap memory:// store, which is not fsspec's memory file system")
-    if scheme in ("s3+http", "s3+https"):
-        raise _PathError(
-            "names an S3-compatible endpoint, which an fsspec URL cannot: write s3:// and give fsspec the endpoint"
-        )
-    if scheme not in ("file", "s3", "gs", "az"):
-        raise _PathError(f"is a {scheme}:// URL, which kvmap does not read, so it cannot say what fsspec should read")
-    if scheme == "file":
-        if authority not in ("", "localhost"):
-            raise _PathError("is a file URL with a host")
-        authority = ""
+    """The fsspec URL of the absolute kvmap URL ``url`` (:func:`kvmap.formats._fsspec_urls.fsspec_url`);
+    raises ``_PathError`` for what fsspec would read elsewhere."""
     try:
-        decoded = unquote(object_path, encoding="utf-8", errors="strict")
-    except UnicodeDecodeError:
-        raise _PathError("has a path that does not decode as UTF-8") from None
-    return f"{scheme}://{authority}{decoded}"
+        return fsspec_url(url)
+    except RefusedError as exc:
+        raise _PathError(f"is refused: {exc.reason}") from None
 
 
 def _pandas_metadata() -> bytes:
