@@ -179,6 +179,9 @@ class Location:
     inside: str | None = field(default=None, compare=False)
     # What the exact entry that named the object pins of it (spec 3.4): every read checks them.
     pins: Pins | None = field(default=None, compare=False)
+    # The window ``(offset, length)`` a ``sha256`` pin is of: the pinning entry's, which an outer
+    # entry's window may narrow afterwards (None: this location's own window).
+    hashed: tuple[int, int | None] | None = field(default=None, compare=False)
 
     def window(self, offset: int | None, length: int | None) -> Location:
         """The sub-window ``[offset, offset+length)`` of this location (keeping its ``tag``, and
@@ -479,7 +482,7 @@ class Chain:
                             str(exc), key=walk.key, manifest=frame.via, entry=res.entry, url=res.url
                         ) from None
                 if frame.pins is not None:
-                    loc = replace(loc, pins=frame.pins)
+                    loc = replace(loc, pins=frame.pins, hashed=(loc.offset, loc.length))
             if not stack:
                 return loc
             frame = stack.pop()
@@ -968,12 +971,15 @@ class Chain:
     def _read_hashed(
         self, loc: Location, byte_range: ByteRange | None, walk: Walk, *, limit: int | None, once: bool
     ) -> Generator[Read, Any, Any]:
-        """:meth:`read` of a location whose entry pins the SHA-256 of its bytes: the whole window
-        read (its etag and version checked by the driver), hashed, then cut to ``byte_range``."""
+        """:meth:`read` of a location whose entry pins the SHA-256 of its bytes: the whole pinned
+        window read (its etag and version checked by the driver), hashed, then cut to the
+        location's window (an outer entry's, inside the pinned one) and to ``byte_range``."""
         assert loc.pins is not None
         assert loc.pins.sha256 is not None
         rest = replace(loc.pins, sha256=None)
-        whole = yield from self.read(replace(loc, pins=rest if rest.meta else None), None, walk, limit=limit, once=once)
+        span = loc.hashed or (loc.offset, loc.length)
+        pinned = replace(loc, offset=span[0], length=span[1], pins=rest if rest.meta else None, hashed=None)
+        whole = yield from self.read(pinned, None, walk, limit=limit, once=once)
         if whole is None:
             return None
         digest = hashlib.sha256(whole).hexdigest()
@@ -985,6 +991,12 @@ class Chain:
                 **_origin_of(walk),
                 url=loc.url,
             )
+        if (loc.offset, loc.length) != span:
+            # Narrowed by an outer window: that window of the pinned bytes.
+            inner = loc.offset - span[0]
+            whole = whole[inner : None if loc.length is None else inner + loc.length]
+            if loc.length is not None and len(whole) < loc.length:
+                raise self._short(loc, walk)
         if byte_range is None:
             return whole
         start, end = clamp(byte_range, len(whole))
