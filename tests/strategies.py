@@ -83,3 +83,38 @@ def manifest_and_keys(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[str]]
     m = draw(manifests)
     keys = probe_keys(m) + draw(st.lists(texts, max_size=10))
     return m, keys
+
+
+# -- pins (spec 3.4) -------------------------------------------------------------------------------
+
+PIN_TEXTS = st.one_of(
+    st.text(min_size=1, max_size=5), st.text(alphabet="ab", min_size=1, max_size=2).map('"{}"'.format)
+)
+
+
+@st.composite
+def pins(draw: st.DrawFn) -> dict[str, str]:
+    """The pin members of one entry: at least one of ``etag``, ``version``, ``sha256``."""
+    names = draw(st.sets(st.sampled_from(["etag", "version", "sha256"]), min_size=1))
+    return {
+        name: draw(st.binary(min_size=32, max_size=32)).hex() if name == "sha256" else draw(PIN_TEXTS)
+        for name in sorted(names)
+    }
+
+
+@st.composite
+def pinned_manifest_and_keys(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`manifest_and_keys` with pins on some of the exact entries that name one object
+    (a path without adapters), and now and then a later exact entry of the same key shadowing one."""
+    m, keys = draw(manifest_and_keys())
+    out = []
+    for e in m:
+        if "key" in e and isinstance(e.get("path"), str) and "|" not in e["path"] and draw(st.integers(0, 3)) > 0:
+            e = {**e, **draw(pins())}
+        out.append(e)
+        if "key" in e and draw(st.integers(0, 5)) == 0:  # a later entry of the key: pinned or not
+            shadow: dict[str, Any] = {"key": e["key"], "path": draw(st.none() | URLS)}
+            if shadow["path"] is not None and draw(st.booleans()):
+                shadow.update(draw(pins()))
+            out.append(shadow)
+    return out, keys

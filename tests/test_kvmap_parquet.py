@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kvmap
+from kvmap.entries import Pins
 from kvmap.errors import InvalidKeyError, ManifestError, MissingDependencyError
 from kvmap.fetch import Fetch, drive
 from kvmap.formats import kvmap_parquet
@@ -31,7 +32,7 @@ from kvmap.formats.kvmap_parquet import (
 from kvmap.keymap import KeyMap
 from kvmap.keyrange import KeyRange, prefix_range
 from kvmap.policy import allow_prefixes
-from tests.strategies import manifest_and_keys
+from tests.strategies import manifest_and_keys, pinned_manifest_and_keys
 from tests.vectors import resolution_cases
 
 pa = pytest.importorskip("pyarrow")
@@ -125,7 +126,7 @@ def _assert_same(manifest: kvmap.Manifest, keys: list[str], block_rows: int) -> 
         assert got == _outcome(lambda key=key: cm.resolve(key)), key
         if not _is_valid(key):
             assert got[0] == "invalid"
-            for lookup in (col.is_exact_io, col.explain_io):
+            for lookup in (col.is_exact_io, col.explain_io, col.pins_io):
                 with pytest.raises(InvalidKeyError):
                     drive(lookup(key), answer)
             with pytest.raises(InvalidKeyError):
@@ -137,6 +138,9 @@ def _assert_same(manifest: kvmap.Manifest, keys: list[str], block_rows: int) -> 
             assert drive(col.exact_keys_io(key, whiteouts=whiteouts), answer) == cm.exact_keys(key, whiteouts=whiteouts)
     valid = [k for k in keys if _is_valid(k)]
     assert drive(col.resolve_many_io(valid), answer) == cm.resolve_many(valid)
+    assert col.pinned == (cm.pins is not None)
+    for key in valid:
+        assert drive(col.pins_io(key), answer) == _deciding_pins(cm, key), key
     assert drive(col.exact_keys_io(), answer) == cm.exact_keys()
     for within in _ranges(keys):
         assert drive(col.range_targets_io(within), answer) == list(cm.range_targets(within)), within
@@ -145,7 +149,17 @@ def _assert_same(manifest: kvmap.Manifest, keys: list[str], block_rows: int) -> 
     back = drive(load_kvmap_parquet(manifest.url), answer)
     assert back == manifest
     assert list(back.entries) == list(manifest.entries)
+    assert [e.pins for e in back.entries] == [e.pins for e in manifest.entries]
     return col
+
+
+def _deciding_pins(cm: kvmap.CompiledMap, key: str) -> Pins | None:
+    """What the exact entry that decides ``key`` in ``cm`` pins (``None``: no exact entry with a
+    value decides it, or it pins nothing)."""
+    found = cm.resolve(key)
+    if found is None or cm.pins is None or not cm.is_exact(key):
+        return None
+    return cm.pins.get(found.entry)
 
 
 # -- the module ------------------------------------------------------------------------------------
@@ -864,3 +878,156 @@ def test_the_build_holds_a_bounded_amount_of_memory(tmp_path: Path) -> None:
     assert drive(col.resolve_io("t/c/x"), _answer(data)) == kvmap.Resolution(
         0, "s3://bucket/fallback/t/c/x", None, None, None
     )
+
+
+# -- pins (spec 3.4) ----------------------------------------------------------------------------------
+
+SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def _footer_info(data: bytes) -> tuple[list[str], dict[str, Any]]:
+    md = pq.read_metadata(pa.BufferReader(data))
+    return list(md.schema.names), json.loads(md.metadata[b"kvmap"])
+
+
+@SETTINGS
+@given(pinned_manifest_and_keys(), st.integers(1, 5), st.sampled_from([None, "s3://bucket/views/m.json"]))
+def test_pins_read_back_and_pins_io_gives_the_deciding_entrys(
+    case: tuple[list[dict[str, Any]], list[str]], block_rows: int, url: str | None
+) -> None:
+    entries, keys = case
+    m = kvmap.Manifest.from_json(entries, url=url)
+    data = to_kvmap_parquet(m, block_rows=block_rows)
+    back = drive(load_kvmap_parquet(url), _answer(data))
+    assert [e.pins for e in back.entries] == [e.pins for e in m.entries]
+    assert back == m
+    cm = kvmap.compile(m)
+    col = drive(open_kvmap_parquet(url), _answer(data))
+    assert col is not None
+    assert col.pinned == any(e.pins is not None for e in m.entries)
+    for key in [k for k in keys if _is_valid(k)] + [e["key"] for e in entries if "key" in e]:
+        assert drive(col.pins_io(key), _answer(data)) == _deciding_pins(cm, key), key
+
+
+@SETTINGS
+@given(pinned_manifest_and_keys(), st.booleans(), st.integers(1, 4))
+def test_the_build_writes_the_pinned_file_the_manifest_would(
+    case: tuple[list[dict[str, Any]], list[str]], bare: bool, block_rows: int
+) -> None:
+    import tempfile
+
+    entries, _keys = case
+    text = json.dumps(entries if bare else {"kvmap": 1, "entries": entries}).encode()
+    with tempfile.TemporaryDirectory() as d:
+        want, got = _both(Path(d), text, block_rows=block_rows)
+    assert got == want
+
+
+def test_pins_are_kept_member_for_member() -> None:
+    entries = [
+        {"prefix": "", "path": "s3://b/all/"},
+        {"key": "a", "path": "s3://b/x", "offset": 1, "length": 2, "etag": '"e"', "version": "v", "sha256": SHA},
+        {"key": "b", "path": "s3://b/y", "etag": "é"},
+        {"key": "c", "path": "rel/c", "sha256": SHA},
+        {"key": "d", "path": "s3://b/d", "version": "v1"},
+        {"key": "d", "path": "s3://b/d2"},  # shadows a pinned entry: it decides, and pins nothing
+        {"key": "e", "path": None},
+        {"key": "f", "path": "s3://b/f", "version": "v2"},
+        {"prefix": "f", "path": None},  # whites a pinned entry out
+    ]
+    m = kvmap.Manifest.from_json(entries, url="s3://b/m.json")
+    for block_rows in (1, 2, 100):
+        data = to_kvmap_parquet(m, block_rows=block_rows)
+        back = drive(load_kvmap_parquet("s3://b/m.json"), _answer(data))
+        assert back.to_json() == m.to_json()
+        assert back.entries[1].to_json() == entries[1]
+        col = drive(open_kvmap_parquet("s3://b/m.json"), _answer(data))
+        assert col is not None
+        assert col.pinned
+        got = {k: drive(col.pins_io(k), _answer(data)) for k in ["a", "b", "c", "d", "e", "f", "g", "zz"]}
+        assert got == {
+            "a": Pins('"e"', "v", SHA),
+            "b": Pins("é"),
+            "c": Pins(sha256=SHA),
+            "d": None,
+            "e": None,
+            "f": None,
+            "g": None,
+            "zz": None,
+        }
+
+
+def test_a_file_without_pins_is_layout_version_1_and_pins_cost_it_nothing() -> None:
+    plain = kvmap.Manifest.from_json(
+        [{"key": "a", "path": "s3://b/a"}, {"prefix": "p/", "path": "s3://b/p/"}], url=None
+    )
+    data = to_kvmap_parquet(plain)
+    names, info = _footer_info(data)
+    assert (names, info["version"]) == (list(kvmap_parquet._COLUMNS), 1)
+    col = drive(open_kvmap_parquet(None), _answer(data))
+    assert col is not None
+    assert not col.pinned
+    found, log, _size = _served(col.pins_io("a"), data)
+    assert (found, log) == (None, [])
+    pinned = kvmap.Manifest.from_json([{"key": "a", "path": "s3://b/a", "sha256": SHA}], url=None)
+    names, info = _footer_info(to_kvmap_parquet(pinned))
+    assert (names[-3:], info["version"]) == (["etag", "version", "sha256"], 2)
+
+
+def test_pins_only_on_losers_make_a_pinned_file_whose_keys_pin_nothing() -> None:
+    m = kvmap.Manifest.from_json(
+        [{"key": "a", "path": "s3://b/a", "etag": "e"}, {"key": "a", "path": "s3://b/a2"}], url=None
+    )
+    col, data = _opened(m, 1)
+    assert col.pinned
+    assert drive(col.pins_io("a"), _answer(data)) is None
+    assert drive(load_kvmap_parquet(None), _answer(data)).entries[0].pins == Pins("e")
+
+
+def test_pins_io_reads_the_block_once_for_a_key_asked_again(big: tuple[kvmap.Manifest, bytes]) -> None:
+    m, _ = big
+    entries = [*m.to_json()["entries"], {"key": "var/c/70/1", "path": "s3://b/p", "etag": "e"}]
+    col, data = _opened(kvmap.Manifest.from_json(entries, url=m.url), 1000)
+    found, log, _size = _served(col.pins_io("var/c/70/1"), data)
+    assert (found, len(log)) == (Pins("e"), 1)
+    col._cache.clear()
+    found, log, _size = _served(col.pins_io("var/c/70/1"), data)
+    assert (found, log) == (Pins("e"), [])
+
+
+def test_pinned_entries_among_many_come_back_as_objects_and_the_rest_as_columns() -> None:
+    n = 3_000
+    m = kvmap.Manifest.from_references(
+        [f"c/{i}" for i in range(n)],
+        [f"s3://b/f{i % 7}.nc" for i in range(n)],
+        [i * 10 for i in range(n)],
+        [10] * n,
+        before=[{"key": "p/0", "path": "s3://b/p0", "sha256": SHA}],
+        after=[{"key": "c/5", "path": "s3://b/five", "version": "v"}, {"key": "p/1", "path": "s3://b/p1", "etag": "x"}],
+        url="s3://b/m.json",
+    )
+    data = to_kvmap_parquet(m, block_rows=500)
+    back = drive(load_kvmap_parquet("s3://b/m.json"), _answer(data))
+    assert back == m
+    cols, others = back.split()
+    assert len(cols.key) == n
+    assert [(i, e.pins) for i, e in others] == [(0, Pins(sha256=SHA)), (n + 1, Pins(version="v")), (n + 2, Pins("x"))]
+
+
+def test_a_layout_this_kvmap_does_not_know_is_refused_saying_so() -> None:
+    pinned = to_kvmap_parquet(kvmap.Manifest.from_json([{"key": "a", "path": "s3://b/a", "etag": "e"}], url=None))
+    plain = to_kvmap_parquet(kvmap.Manifest.from_json([{"key": "a", "path": "s3://b/a"}], url=None))
+    cases = [
+        (pinned, 3, "layout version 3: this kvmap reads versions 1 and 2"),
+        (pinned, True, "layout version True"),
+        (pinned, 1, "does not match its row groups"),  # pin columns in a file that says it has none
+        (plain, 2, "does not match its row groups"),  # no pin columns in a file that says it has them
+    ]
+    for data, version, says in cases:
+        _names, info = _footer_info(data)
+        table = pq.ParquetFile(pa.BufferReader(data)).read()
+        table = table.replace_schema_metadata({b"kvmap": json.dumps({**info, "version": version}).encode()})
+        changed = _plain_parquet_table(table)
+        for loading in (open_kvmap_parquet("s3://b/m.parquet"), load_kvmap_parquet("s3://b/m.parquet")):
+            with pytest.raises(ManifestError, match=says):
+                drive(loading, _answer(changed))
