@@ -30,7 +30,7 @@ import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvmap import __version__
 from kvmap.chain import ByteRange, Hop, Location
@@ -45,6 +45,9 @@ from kvmap.places import place_url
 from kvmap.policy import Policy, allow_prefixes
 from kvmap.reader import Reader
 from kvmap.url import PIPELINE_SEPARATOR, relative_reference, resolve_target
+
+if TYPE_CHECKING:
+    from kvmap.convert import Converted
 
 __all__ = ["main"]
 
@@ -584,6 +587,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
+    note = _dropped_note(done)
+    if note is not None:  # a warning, not the command's output: stderr, also with --json
+        print(f"kvmap: {note}", file=sys.stderr)
     if args.json:
         _print_json(
             {
@@ -592,12 +598,40 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 "source_format": done.source_format,
                 "target_format": done.target_format,
                 "allow": list(done.allow),
+                "dropped_pins": dict(done.dropped_pins),
+                "note": note,
             }
         )
         return 0
     _out(f"{args.output}: {done.entries} entries, {done.source_format} -> {done.target_format}")
     _say_allow(done.allow)
     return 0
+
+
+def _dropped_note(done: Converted) -> str | None:
+    """One line naming the pins a conversion dropped, ``None`` if it dropped none:
+    ``kerchunk cannot hold pins: dropped 12 etag, 12 sha256 pins``."""
+    from kvmap.convert import KEPT_PINS, LAST_UPDATED_AT
+    from kvmap.entries import PIN_FIELDS
+
+    counts = {member: n for member, n in done.dropped_pins.items() if member != LAST_UPDATED_AT and n}
+    parts = []
+    if counts:
+        listed = ", ".join(f"{counts[member]} {member}" for member in PIN_FIELDS if member in counts)
+        kept = KEPT_PINS.get(done.target_format, frozenset())
+        if not kept:
+            why = f"{done.target_format} cannot hold pins: "
+        elif not kept >= set(counts):
+            why = f"{done.target_format} holds only {' and '.join(sorted(kept))} pins: "
+        else:
+            why = ""  # pins flattening could not keep (see kvmap.convert)
+        parts.append(f"{why}dropped {listed} {'pin' if sum(counts.values()) == 1 else 'pins'}")
+    unkept = done.dropped_pins.get(LAST_UPDATED_AT, 0)
+    if unkept:
+        parts.append(
+            f"{_count(unkept, 'last_updated_at checksum')} of the Icechunk input not kept (no kvmap pin says one)"
+        )
+    return "; ".join(parts) or None
 
 
 def _say_allow(needed: Sequence[str]) -> None:
@@ -939,6 +973,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             parser.error(f"compose: member {twice[0]!r} is given twice")
+    # Icechunk's Rust core logs warnings (a local repository is "not safe for concurrent
+    # commits") to the terminal, which would break --json output and the one-line errors:
+    # errors only, unless the user set ICECHUNK_LOG (read when icechunk is first imported).
+    os.environ.setdefault("ICECHUNK_LOG", "error")
     try:
         return int(args.run(args))
     except KvmapError as exc:

@@ -28,6 +28,19 @@ Local outputs are written atomically (:func:`kvmap.manifest.save_atomically`; a 
 output is built beside its place and renamed into it); remote ones are written object
 by object, each object whole. The result says which allow prefixes the written manifest
 needs to be read (:func:`kvmap.policy.allow_prefixes`).
+
+**Pins** (spec 3.4: an exact entry's ``etag``, ``version``, ``sha256``). kvmap JSON and
+kvmap-parquet hold all three, Icechunk only ``etag`` (as a virtual reference's
+``etag_checksum``), kerchunk, kerchunk parquet, chunk manifests and kvstack none
+(:data:`KEPT_PINS`). A pin the output cannot hold is dropped — the output still names the same
+bytes, but nothing checks them any more — and the result says how many of each were dropped
+(:attr:`Converted.dropped_pins`), counted on the entries written: in a format of one reference
+per key, the entry that wins each key. Flattening keeps the pins of the entry a key ends at,
+but for a ``sha256`` of a window that an outer entry narrows (the pin is of the whole window,
+not of the part written): that one is dropped and counted. An Icechunk input's
+``last_updated_at`` checksums have no pin form and are counted as dropped too
+(:mod:`kvmap.formats.icechunk`). ``kvmap convert`` prints the counts as a note on standard
+error.
 """
 
 from __future__ import annotations
@@ -39,14 +52,15 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Generator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from kvmap.chain import Location
-from kvmap.compiled import compile
+from kvmap.compiled import CompiledMap, compile
 from kvmap.detect import looks_like
+from kvmap.entries import PIN_FIELDS, Pins
 from kvmap.errors import ConvertError, ManifestError, SaveError
 from kvmap.formats import (
     ADAPTERS,
@@ -67,7 +81,7 @@ from kvmap.policy import allow_prefixes
 from kvmap.reader import Reader
 from kvmap.url import PIPELINE_SEPARATOR, rebase, resolve_target
 
-__all__ = ["Converted", "convert", "read_manifest"]
+__all__ = ["KEPT_PINS", "LAST_UPDATED_AT", "Converted", "convert", "read_manifest"]
 
 #: Output formats that hold one reference per key (what materializing and flattening serve).
 _REFERENCE_FORMATS = frozenset(("kerchunk", "kerchunk-parquet", "chunk-manifest", "icechunk"))
@@ -80,16 +94,34 @@ _STREAM_RATIO = 1 / 8
 _FIRST_MEMBER = re.compile(rb'\{\s*("(?:[^"\\]|\\.)*")\s*:')
 _ZARR_METADATA = frozenset((".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json"))
 
+#: The pin members (spec 3.4) each output format holds; a format not named holds none
+#: (kerchunk, kerchunk parquet, chunk manifests and kvstack have no place for them).
+#: kvmap-parquet's writer keeps every pin (layout version 2 when there are pins).
+KEPT_PINS: Mapping[str, frozenset[str]] = {
+    "kvmap": frozenset(PIN_FIELDS),
+    "kvmap-parquet": frozenset(PIN_FIELDS),
+    "icechunk": frozenset(("etag",)),  # a virtual reference's etag_checksum
+}
+#: The member of :attr:`Converted.dropped_pins` that counts an Icechunk input's
+#: ``last_updated_at`` checksums, which no kvmap pin can say.
+LAST_UPDATED_AT = "last_updated_at"
+
 
 @dataclass(frozen=True, slots=True)
 class Converted:
     """What :func:`convert` did: the formats read and written, the references written
-    (``entries``), and the ``allow`` prefixes a reader of the output needs."""
+    (``entries``), the ``allow`` prefixes a reader of the output needs, and ``dropped_pins``:
+    pin member (``etag``, ``version``, ``sha256``) -> how many entries of the output lost that
+    pin, because the output format cannot hold it (:data:`KEPT_PINS`) or flattening could not
+    keep it (see the module), plus :data:`LAST_UPDATED_AT` -> how many ``last_updated_at``
+    checksums of an Icechunk input were not kept. Only members with a count are present:
+    empty when nothing was dropped."""
 
     source_format: str
     target_format: str
     entries: int
     allow: list[str]
+    dropped_pins: dict[str, int] = field(default_factory=dict)
 
 
 def _load_detected(
@@ -137,7 +169,8 @@ def _is_icechunk_repo(place: str | os.PathLike[str]) -> bool:
     if not url.startswith("file://") or PIPELINE_SEPARATOR in url:
         return False
     path = Path(_local_path(url))
-    return path.is_dir() and (path / "refs").is_dir() and (path / "snapshots").is_dir()
+    # Icechunk's layout version 1 keeps branches under refs/, version 2 (Icechunk 2) in one repo object.
+    return path.is_dir() and (path / "snapshots").is_dir() and ((path / "refs").is_dir() or (path / "repo").is_file())
 
 
 def _local_path(url: str) -> str:
@@ -159,14 +192,32 @@ def read_manifest(
     and the format's name. ``target``: the URL of kerchunk references whose URL is
     ``null``. Raises :class:`~kvmap.ManifestError` for a bad document,
     :class:`~kvmap.TargetError` if it cannot be read, ``ValueError`` for an unknown format."""
+    manifest, name, _ = _read_manifest(
+        source, source_format, allow=allow, allow_all=allow_all, stores=stores, target=target
+    )
+    return manifest, name
+
+
+def _read_manifest(
+    source: str | os.PathLike[str] | Manifest,
+    source_format: str | None,
+    *,
+    allow: Collection[str],
+    allow_all: bool,
+    stores: Mapping[str, Mapping[str, Any]] | None,
+    target: str | None,
+) -> tuple[Manifest, str, int]:
+    """:func:`read_manifest`, and how many checksums of the input no pin could say (an
+    Icechunk input's ``last_updated_at`` checksums; 0 for every other format)."""
     if isinstance(source, Manifest):
-        return source, "kvmap"
+        return source, "kvmap", 0
     if source_format is not None and source_format not in FORMATS:
         raise ValueError(f"unknown format {source_format!r} (kvmap knows {', '.join(sorted(FORMATS))})")
     if source_format == "icechunk" or (source_format is None and _is_icechunk_repo(source)):
-        from kvmap.formats.icechunk import from_icechunk_repo
+        from kvmap.formats.icechunk import read_icechunk_repo
 
-        return from_icechunk_repo(source), "icechunk"
+        read = read_icechunk_repo(source)
+        return read.manifest, "icechunk", read.unkept
     url = place_url(source)
     pipe = Pipeline.parse(url)
     reader = Reader(url, allow=allow, allow_all=allow_all, stores=stores)
@@ -179,8 +230,8 @@ def read_manifest(
         fmt = Format(
             "detected", "a manifest in any format kvmap reads", loader=lambda u: _load_detected(u, target, chosen)
         )
-        return reader.manifest_sync(fmt), chosen[-1]
-    return reader.manifest_sync(_with_target(fmt, target)), fmt.name
+        return reader.manifest_sync(fmt), chosen[-1], 0
+    return reader.manifest_sync(_with_target(fmt, target)), fmt.name, 0
 
 
 def convert(
@@ -201,7 +252,9 @@ def convert(
 
     ``progress(done, total)`` is called while references are followed, and while a columnar
     manifest is built from a large document (see the module). ``memory_bytes``: about the most
-    that building one holds. Raises
+    that building one holds. The result counts the pins the output could not keep
+    (:attr:`Converted.dropped_pins`; a format that keeps them all is known to drop none without
+    reading the input, so a streamed build reads it once). Raises
     :class:`~kvmap.ConvertError` naming the entry the output format cannot hold,
     :class:`~kvmap.ManifestError` for bad input, :class:`~kvmap.ResolveError` when a target
     cannot be read or is not allowed, :class:`~kvmap.SaveError` when the output cannot be
@@ -213,17 +266,21 @@ def convert(
         target_format = found.name if found is not None else "kvmap"
     if target_format not in FORMATS:
         raise ValueError(f"unknown format {target_format!r} (kvmap knows {', '.join(sorted(FORMATS))})")
-    if target_format == "kvmap-parquet" and not materialize and target is None:
+    # Streamed, the input is read once, by the builder: only a format that keeps every pin
+    # (so drops none, which needs no count) may be built that way.
+    keeps_all = KEPT_PINS.get(target_format, frozenset()) >= frozenset(PIN_FIELDS)
+    if target_format == "kvmap-parquet" and keeps_all and not materialize and target is None:
         built = _streamed(source, source_format, out_url, memory_bytes, progress)
         if built is not None:
             return built
-    manifest, read_as = read_manifest(
+    manifest, read_as, unkept = _read_manifest(
         source, source_format, allow=allow, allow_all=allow_all, stores=stores, target=target
     )
     reader = Reader(manifest, allow=allow, allow_all=allow_all, stores=stores)
     lengths: dict[str, int] = {}
+    narrowed = 0
     if materialize or target_format in _REFERENCE_FORMATS:
-        manifest, lengths = asyncio.run(
+        manifest, lengths, narrowed = asyncio.run(
             _references(reader, manifest, materialize, target_format in _NEED_LENGTHS, progress)
         )
     # What it names from where it is written (relative targets rewritten if it moves).
@@ -236,8 +293,38 @@ def convert(
         writer = FORMATS[target_format].writer
         assert writer is not None
         _write(writer(manifest), out_url, stores)
-    needed = allow_prefixes(compile(manifest).target_roots(), out_url)
-    return Converted(read_as, target_format, len(manifest), needed)
+    cm = compile(manifest)
+    needed = allow_prefixes(cm.target_roots(), out_url)
+    dropped = _dropped_pins(manifest, cm, target_format)
+    if narrowed:
+        dropped["sha256"] = dropped.get("sha256", 0) + narrowed
+    if unkept:
+        dropped[LAST_UPDATED_AT] = unkept
+    return Converted(read_as, target_format, len(manifest), needed, dropped)
+
+
+def _dropped_pins(manifest: Manifest, cm: CompiledMap, target_format: str) -> dict[str, int]:
+    """Pin member -> how many entries that ``target_format`` writes of ``manifest`` (compiled:
+    ``cm``) have that pin and the format cannot hold it (only members with a count)."""
+    kept = KEPT_PINS.get(target_format, frozenset())
+    lost = [member for member in PIN_FIELDS if member not in kept]
+    if not lost:
+        return {}
+    one_per_key = target_format in _REFERENCE_FORMATS
+    counts = dict.fromkeys(lost, 0)
+    # Pinned entries are never in the bulk columns: the others are all there is to look at.
+    for index, entry in manifest.split()[1]:
+        pins = entry.pins
+        if pins is None:
+            continue
+        if one_per_key and entry.key is not None:
+            won = cm.resolve(entry.key)
+            if won is None or won.entry != index:
+                continue  # shadowed by a later entry: a reference format writes the winner only
+        for member in lost:
+            if getattr(pins, member) is not None:
+                counts[member] += 1
+    return {member: n for member, n in counts.items() if n}
 
 
 # -- columnar manifests of large documents, streamed -----------------------------------------
@@ -274,7 +361,8 @@ def _streamed(
     moved = None if url.rpartition("/")[0] == out_url.rpartition("/")[0] else partial(rebase, old=url, new=out_url)
     build_kvmap_parquet(path, out, source_format=kind, memory_bytes=memory_bytes, progress=progress, rebase=moved)
     cm = Reader(out_url, allow_all=True).keymap_sync()  # reads the footer: the map's own file
-    return Converted(kind, "kvmap-parquet", cm.n_entries, allow_prefixes(cm.target_roots(), out_url))
+    # kvmap-parquet keeps every pin (convert streams only then): nothing was dropped.
+    return Converted(kind, "kvmap-parquet", cm.n_entries, allow_prefixes(cm.target_roots(), out_url), {})
 
 
 def _json_kind(path: str) -> str | None:
@@ -312,12 +400,14 @@ async def _references(
     materialize: bool,
     need_lengths: bool,
     progress: Callable[[int, int], None] | None,
-) -> tuple[Manifest, dict[str, int]]:
-    """``manifest`` as one exact entry per key (see the module), and the sizes of the keys
-    whose entry is a whole object, when ``need_lengths``."""
+) -> tuple[Manifest, dict[str, int], int]:
+    """``manifest`` as one exact entry per key (see the module), the sizes of the keys whose
+    entry is a whole object, when ``need_lengths``, and how many ``sha256`` pins flattening
+    could not keep (of windows that an outer entry narrows)."""
     cols, entries = manifest.split()
     name = manifest.name or manifest.url
     simple = all(e.selector == "key" and (e.path is None or PIPELINE_SEPARATOR not in e.path) for _, e in entries)
+    narrowed = 0
     if simple and PIPELINE_SEPARATOR not in "".join(p for p in cols.path if p):
         out = manifest  # nothing to follow
     else:
@@ -326,13 +416,13 @@ async def _references(
                 if entry.selector != "key":
                     raise no_single_reference(entry, index, name, "a reference format")
         keys = await reader.list_prefix("")
-        out = await _followed(reader, manifest, keys, progress)
+        out, narrowed = await _followed(reader, manifest, keys, progress)
     lengths: dict[str, int] = {}
     if need_lengths:
         lengths = await _sizes(reader, out)
         if lengths:
             out = _with_lengths(out, lengths)
-    return out, lengths
+    return out, lengths, narrowed
 
 
 def _with_lengths(manifest: Manifest, lengths: Mapping[str, int]) -> Manifest:
@@ -347,13 +437,15 @@ def _with_lengths(manifest: Manifest, lengths: Mapping[str, int]) -> Manifest:
 
 async def _followed(
     reader: Reader, manifest: Manifest, keys: list[str], progress: Callable[[int, int], None] | None
-) -> Manifest:
-    """The manifest of one exact entry per key in ``keys``: where each resolves now."""
+) -> tuple[Manifest, int]:
+    """The manifest of one exact entry per key in ``keys``: where each resolves now, with the
+    pins of the entry it ends at; and how many ``sha256`` pins it could not keep."""
     gate = asyncio.Semaphore(_CONCURRENCY)
     done = 0
+    narrowed = 0
 
     async def one(key: str) -> dict[str, Any] | None:
-        nonlocal done
+        nonlocal done, narrowed
         async with gate:
             walked = await reader.explain(key)
         done += 1
@@ -362,10 +454,28 @@ async def _followed(
         loc = walked.location
         if loc is None:
             return None
-        return _entry(key, loc, walked.hops[-1].inline if walked.hops else False, walked, manifest)
+        entry = _entry(key, loc, walked.hops[-1].inline if walked.hops else False, walked, manifest)
+        pins, lost = _pins_of(loc, walked.hops[-1] if walked.hops else None)
+        narrowed += lost
+        if pins is not None:
+            entry.update(pins.to_json())
+        return entry
 
     found = await asyncio.gather(*(one(k) for k in keys))
-    return Manifest.from_json([e for e in found if e is not None], manifest.url, name=manifest.name)
+    return Manifest.from_json([e for e in found if e is not None], manifest.url, name=manifest.name), narrowed
+
+
+def _pins_of(loc: Location, last: Any) -> tuple[Pins | None, int]:
+    """The pins a flattened entry of ``loc`` keeps (those of the entry the walk ended at, its
+    ``last`` hop) and whether a ``sha256`` was dropped (1) or not (0): it is of that entry's
+    window, so it stays only if ``loc`` is that window, not a part an outer entry cut."""
+    pins = loc.pins
+    if pins is None or loc.url is None:
+        return None, 0
+    if pins.sha256 is None or (last is not None and (last.offset or 0, last.length) == (loc.offset, loc.length)):
+        return pins, 0
+    rest = replace(pins, sha256=None)
+    return (rest if rest.meta else None), 1
 
 
 def _entry(key: str, loc: Location, inline: bool, walked: Any, manifest: Manifest) -> dict[str, Any]:

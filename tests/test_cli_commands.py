@@ -522,3 +522,69 @@ def test_concat_on_the_command_line(arrays: Path) -> None:
     assert run.stderr.startswith("kvmap: source 0")
     assert len(run.stderr.strip().splitlines()) == 1
     assert not (arrays / "bad.json").exists()
+
+
+# -- convert: the pins a format cannot hold ---------------------------------------------------
+
+
+@pytest.fixture
+def pinned(tmp_path: Path) -> Path:
+    """m.json: a group with a 1-d array of three one-byte chunks of data/a.bin, each pinning its
+    ETag (as obstore reports it) and sha256, chunk 0 a version too."""
+    import hashlib
+
+    import obstore
+    from obstore.store import LocalStore
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.bin").write_bytes(DATA)
+    etag = obstore.head(LocalStore(str(tmp_path / "data")), "a.bin")["e_tag"]
+    meta = {
+        "zarr_format": 3, "node_type": "array", "shape": [3], "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
+        "chunk_key_encoding": {"name": "default"}, "fill_value": 0, "codecs": [{"name": "bytes"}],
+    }  # fmt: skip
+    entries: list[dict[str, Any]] = [
+        {"key": "zarr.json", "json": {"zarr_format": 3, "node_type": "group"}},
+        {"key": "x/zarr.json", "json": meta},
+    ]
+    for i in range(3):
+        entry = {"key": f"x/c/{i}", "path": "data/a.bin", "offset": i, "length": 1, "etag": etag}
+        entry["sha256"] = hashlib.sha256(DATA[i : i + 1]).hexdigest()
+        if i == 0:
+            entry["version"] = "7"
+        entries.append(entry)
+    return _write(tmp_path / "m.json", entries)
+
+
+@pytest.mark.parametrize(
+    ("target", "dropped", "note"),
+    [
+        ("kerchunk", {"etag": 3, "version": 1, "sha256": 3},
+         "kerchunk cannot hold pins: dropped 3 etag, 1 version, 3 sha256 pins"),
+        ("icechunk", {"version": 1, "sha256": 3}, "icechunk holds only etag pins: dropped 1 version, 3 sha256 pins"),
+        ("kvmap", {}, None),
+    ],
+)  # fmt: skip
+def test_convert_names_the_pins_it_dropped(
+    pinned: Path, tmp_path: Path, target: str, dropped: dict[str, int], note: str | None
+) -> None:
+    if target == "icechunk":
+        pytest.importorskip("icechunk")
+    out = tmp_path / f"out.{target}"
+    run = _run("convert", str(pinned), str(out), "--to", target)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == ([f"kvmap: {note}"] if note else [])
+    # (Icechunk logs a warning about local repositories on standard output.)
+    assert f"{out}: 5 entries, kvmap -> {target}" in run.stdout.splitlines()
+    run = _run("convert", str(pinned), str(tmp_path / f"again.{target}"), "--to", target, "--json")
+    assert run.returncode == 0, run.stderr
+    [record] = _records("\n".join(line for line in run.stdout.splitlines() if line.startswith("{")))
+    assert (record["dropped_pins"], record["note"]) == (dropped, note)
+    if target == "icechunk":  # and back: the etag pins are there again, nothing else
+        run = _run("convert", str(out), str(tmp_path / "back.json"), "--json")
+        assert run.returncode == 0, run.stderr
+        assert run.stderr == ""
+        back = kvmap.Manifest.load(tmp_path / "back.json")
+        original = kvmap.Manifest.load(pinned)
+        assert [e.pins for e in back.entries[2:]] == [kvmap.Pins(etag=e.pins.etag) for e in original.entries[2:]]

@@ -8,6 +8,7 @@ reading the files themselves, and (Icechunk 2.0.5+) the manifest read back with 
 from __future__ import annotations
 
 import base64
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ ic = pytest.importorskip("icechunk")
 from kvmap.formats.icechunk import (  # noqa: E402  (after the skip)
     from_icechunk,
     from_icechunk_repo,
+    read_icechunk_repo,
     to_icechunk,
     to_icechunk_repo,
     virtual_chunk_prefixes,
@@ -118,10 +120,7 @@ def test_a_virtualizarr_manifest_round_trips(tmp_path: Path) -> None:
     store = _open(tmp_path / "repo", prefixes)
     with xr.open_zarr(store, consolidated=False) as ds:
         xr.testing.assert_identical(ds.load(), _original(nc))
-    if not READS_REFS:
-        with pytest.raises(MissingDependencyError, match=r"icechunk>=2\.0\.5"):
-            from_icechunk_repo(tmp_path / "repo")
-        return
+    # Named by its path: its references are read from its files on Icechunk 1.x too.
     back = from_icechunk_repo(tmp_path / "repo", url=(tmp_path / "back.json").as_uri())
     windows = {e.key: (e.path, e.offset, e.length) for e in manifest.entries if e.target == "path"}
     assert {e.key: (e.path, e.offset, e.length) for e in back.entries if e.target == "path"} == windows
@@ -149,10 +148,9 @@ def test_kerchunk_windows_imported_by_hand(tmp_path: Path) -> None:
     to_icechunk_repo(manifest, tmp_path / "repo")
     store = _open(tmp_path / "repo", virtual_chunk_prefixes(manifest))
     np.testing.assert_array_equal(zarr.open_array(store, path="count", mode="r")[:], _original(nc)["count"].values)
-    if READS_REFS:
-        back = from_icechunk_repo(tmp_path / "repo")
-        got = sorted((e.key, e.path, e.offset, e.length) for e in back.entries if e.target == "path")
-        assert got == sorted((e["key"], nc.as_uri(), e["offset"], e["length"]) for e in entries[2:])
+    back = from_icechunk_repo(tmp_path / "repo")
+    got = sorted((e.key, e.path, e.offset, e.length) for e in back.entries if e.target == "path")
+    assert got == sorted((e["key"], nc.as_uri(), e["offset"], e["length"]) for e in entries[2:])
 
 
 def test_native_and_inline_chunks_read_back_as_data(tmp_path: Path) -> None:
@@ -256,10 +254,9 @@ def test_later_entries_win_and_whiteouts_write_nothing(tmp_path: Path) -> None:
         zarr.open_array(store, path="x", mode="r")[:], [8, 9, 10, 11, 0, 0, 0, 0, 8, 9, 10, 11]
     )
     assert sorted(zarr.open_group(store, mode="r").keys()) == ["x"]
-    if READS_REFS:
-        assert sorted(e.key for e in from_icechunk_repo(tmp_path / "repo").entries) == [
-            "x/c/0", "x/c/2", "x/zarr.json", "zarr.json",
-        ]  # fmt: skip
+    assert sorted(e.key for e in from_icechunk_repo(tmp_path / "repo").entries) == [
+        "x/c/0", "x/c/2", "x/zarr.json", "zarr.json",
+    ]  # fmt: skip
 
 
 def test_keys_of_several_arrays_in_any_order(tmp_path: Path) -> None:
@@ -303,13 +300,12 @@ def test_a_hundred_thousand_references(tmp_path: Path, dense: bool) -> None:
     assert array[step * 12345] == 12345
     if dense is False:
         assert array[1] == 0  # no reference: the fill value
-    if READS_REFS:
-        back = from_icechunk_repo(tmp_path / "repo")
-        cols, _ = back.split()
-        assert len(cols.index) == n
-        assert back.entries[len(back) - 1].to_json() == {
-            "key": f"v/c/{(n - 1) * step}", "path": url, "offset": 4 * (n - 1), "length": 4,
-        }  # fmt: skip
+    back = from_icechunk_repo(tmp_path / "repo")
+    cols, _ = back.split()
+    assert len(cols.index) == n
+    assert back.entries[len(back) - 1].to_json() == {
+        "key": f"v/c/{(n - 1) * step}", "path": url, "offset": 4 * (n - 1), "length": 4,
+    }  # fmt: skip
 
 
 def test_relative_paths_and_odd_names_resolve_as_kvmap_resolves_them(tmp_path: Path) -> None:
@@ -323,9 +319,8 @@ def test_relative_paths_and_odd_names_resolve_as_kvmap_resolves_them(tmp_path: P
     to_icechunk_repo(manifest, tmp_path / "repo")
     store = _open(tmp_path / "repo", virtual_chunk_prefixes(manifest))
     np.testing.assert_array_equal(zarr.open_array(store, path="x", mode="r")[:], np.arange(8))
-    if READS_REFS:
-        back = from_icechunk_repo(tmp_path / "repo")
-        assert [e.path for e in back.entries if e.target == "path"] == [p.as_uri() for p in files]
+    back = from_icechunk_repo(tmp_path / "repo")
+    assert [e.path for e in back.entries if e.target == "path"] == [p.as_uri() for p in files]
     # The same entries in a manifest elsewhere name other objects, here ones Icechunk cannot reach.
     elsewhere = Manifest.from_json(entries, url="memory://store/views/m.json")
     with pytest.raises(ConvertError, match=r"'memory://store/d/chunk%200%25\.bin'"):
@@ -587,3 +582,203 @@ def test_without_icechunk(monkeypatch: pytest.MonkeyPatch) -> None:
         to_icechunk(Manifest.from_json([]), None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'kvmap\[icechunk\]'"):
         from_icechunk_repo("repo")
+
+
+# -- checksums: etag pins ------------------------------------------------------------------------------
+
+
+def _local_etag(path: Path) -> str:
+    """The ETag of a local file as obstore reports it (and kvmap checks it)."""
+    import obstore
+    from obstore.store import LocalStore
+
+    etag: str = obstore.head(LocalStore(str(path.parent)), path.name)["e_tag"]
+    return etag
+
+
+def _pinned(tmp_path: Path) -> list[dict[str, Any]]:
+    """A group with a 2-d array of 2 x 3 chunks, each a window of one of two files; chunks (0, *)
+    pin the ETag of their file, (0, 0) its version and sha256 too, (1, *) pin nothing."""
+    import hashlib
+
+    entries: list[dict[str, Any]] = [GROUP, _array("t", [4, 6], [2, 2])]
+    for row in (0, 1):
+        path = tmp_path / "data" / f"row {row}.bin"  # a space: the URL has %20
+        path.parent.mkdir(exist_ok=True)
+        data = np.arange(12 * row, 12 * row + 12, dtype="<i4").tobytes() * 2
+        path.write_bytes(data)
+        for col in range(3):
+            entry = {"key": f"t/c/{row}/{col}", "path": path.as_uri(), "offset": 16 * col, "length": 16}
+            if row == 0:
+                entry["etag"] = _local_etag(path)
+            if (row, col) == (0, 0):
+                entry["version"] = "v1"
+                entry["sha256"] = hashlib.sha256(data[:16]).hexdigest()
+            entries.append(entry)
+    return entries
+
+
+def test_etag_pins_round_trip_through_icechunk(tmp_path: Path) -> None:
+    entries = _pinned(tmp_path)
+    kvmap.Manifest.from_json(entries, url=tmp_path / "m.json").save(tmp_path / "m.json")
+    there = kvmap.convert(tmp_path / "m.json", tmp_path / "repo.icechunk")
+    assert there.target_format == "icechunk"
+    assert there.dropped_pins == {"version": 1, "sha256": 1}  # Icechunk holds the etag only
+    back = kvmap.convert(tmp_path / "repo.icechunk", tmp_path / "back.json")
+    assert (back.source_format, back.dropped_pins) == ("icechunk", {})
+    got = {e.key: e.to_json() for e in kvmap.Manifest.load(tmp_path / "back.json").entries}
+    for entry in entries[2:]:
+        # Every window and every etag pin as it was; version and sha256 are gone.
+        expected = {k: v for k, v in entry.items() if k not in ("version", "sha256")}
+        assert got[entry["key"]] == expected
+    assert [got[e["key"]].get("etag") for e in entries[2:]] == [e.get("etag") for e in entries[2:]]
+    assert sum("etag" in e for e in got.values()) == 3
+
+
+def test_etag_checksums_of_a_repository_made_by_icechunk(tmp_path: Path) -> None:
+    """References written with Icechunk's own API: an etag checksum becomes a pin, a last_updated_at
+    checksum (a time) is read without one and counted, a reference without a checksum has none."""
+    import datetime
+
+    (tmp_path / "f.bin").write_bytes(np.arange(12, dtype="<i4").tobytes())
+    url = (tmp_path / "f.bin").as_uri()
+    config = ic.RepositoryConfig.default()
+    config.set_virtual_chunk_container(
+        ic.VirtualChunkContainer(tmp_path.as_uri() + "/", ic.local_filesystem_store(str(tmp_path)))
+    )
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "repo")), config=config)
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="x", shape=(12,), chunks=(4,), dtype="<i4", compressors=None, fill_value=0)
+    when = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    specs = [
+        ic.VirtualChunkSpec([0], url, 0, 16, etag_checksum='"an-etag"'),
+        ic.VirtualChunkSpec([1], url, 16, 16, last_updated_at_checksum=when),
+        ic.VirtualChunkSpec([2], url, 32, 16),
+    ]
+    assert not session.store.set_virtual_refs("x", specs, validate_containers=True)
+    session.commit("by hand")
+    read = read_icechunk_repo(tmp_path / "repo")
+    assert read.unkept == 1
+    chunks = {e.key: e.to_json() for e in read.manifest.entries if e.target == "path"}
+    assert chunks == {
+        "x/c/0": {"key": "x/c/0", "path": url, "offset": 0, "length": 16, "etag": '"an-etag"'},
+        "x/c/1": {"key": "x/c/1", "path": url, "offset": 16, "length": 16},
+        "x/c/2": {"key": "x/c/2", "path": url, "offset": 32, "length": 16},
+    }
+    assert from_icechunk_repo((tmp_path / "repo").as_uri()).to_json() == read.manifest.to_json()
+    done = kvmap.convert(tmp_path / "repo", tmp_path / "back.json", source_format="icechunk")
+    assert done.dropped_pins == {"last_updated_at": 1}
+
+
+def test_etag_checksums_of_an_s3_repository(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repository named by an s3:// URL: its files are read with obstore, settings from the
+    environment as Icechunk's; the references' objects on S3 too, with S3's own ETags."""
+    import obstore
+
+    bucket = "kvmap-icechunk-pins"
+    s3_server.create_bucket(bucket)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": S3Server.ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3Server.SECRET_ACCESS_KEY,
+        "AWS_REGION": S3Server.REGION,
+        "AWS_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    store = s3_server.store(bucket)
+    etags = [
+        obstore.put(store, f"data/{i}.bin", np.arange(4 * i, 4 * i + 4, dtype="<i4").tobytes())["e_tag"]
+        for i in range(2)
+    ]
+    assert all(etags)
+    chunks = [
+        {"key": f"x/c/{i}", "path": f"s3://{bucket}/data/{i}.bin", "offset": 0, "length": 16, "etag": etags[i]}
+        for i in range(2)
+    ]
+    manifest = Manifest.from_json([GROUP, _array("x", [8], [4]), *chunks])
+    container = ic.s3_store(
+        region=S3Server.REGION,
+        endpoint_url=s3_server.endpoint,
+        allow_http=True,
+        s3_compatible=True,
+        force_path_style=True,
+    )
+    to_icechunk_repo(manifest, f"s3://{bucket}/repo", containers={f"s3://{bucket}/": container})
+    back = from_icechunk_repo(f"s3://{bucket}/repo")
+    assert [e.to_json() for e in back.entries][2:] == chunks
+
+
+def _files_of(repo: Path) -> tuple[str, dict[str, bytes]]:
+    """The snapshot id of the tip of ``main`` and the repository's snapshot and manifest files."""
+    snapshot = ic.Repository.open(ic.local_filesystem_storage(str(repo))).lookup_branch("main")
+    files = {f"{d}/{p.name}": p.read_bytes() for d in ("snapshots", "manifests") for p in (repo / d).iterdir()}
+    return snapshot, files
+
+
+def _uncompressed(data: bytes) -> bytes:
+    """An Icechunk file's flatbuffer, decompressed, behind the same header saying "no compression"."""
+    from numcodecs import Zstd
+
+    return data[:38] + b"\0" + bytes(Zstd().decode(data[39:]))
+
+
+@pytest.fixture(scope="module")
+def pinned_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, bytes]]:
+    tmp_path = tmp_path_factory.mktemp("pinned")
+    to_icechunk_repo(Manifest.from_json(_pinned(tmp_path)), tmp_path / "repo")
+    snapshot, files = _files_of(tmp_path / "repo")
+    return snapshot, {name: _uncompressed(data) for name, data in files.items()}
+
+
+def test_damaged_files_are_manifest_errors_naming_the_file(tmp_path: Path) -> None:
+    from kvmap.formats.icechunk import _repository_files, _stored_refs
+
+    to_icechunk_repo(_one_window(tmp_path / "f.bin"), tmp_path / "repo")
+    snapshot, files = _files_of(tmp_path / "repo")
+    assert list(_stored_refs(files.__getitem__, snapshot, "doc")["x"]) == [(0,)]
+    [manifest] = [name for name in files if name.startswith("manifests/")]
+    cases = {
+        b"not Icechunk at all": "does not start with Icechunk's header",
+        files[manifest][:36] + b"\x09\x02\x01": "spec version 9; kvmap reads versions 1 and 2",
+        files[manifest][:36] + b"\x01\x01\x01" + files[manifest][39:]: "is of file type 1, not 2",
+        files[manifest][:36] + b"\x01\x02\x07": "algorithm 7",
+        files[manifest][:39] + b"\x28\xb5\x2f\xfd garbage": "does not decompress",
+        files[manifest][:38] + b"\0" + b"\xff" * 8: "is not what Icechunk writes",
+    }
+    for damaged, reason in cases.items():
+        with pytest.raises(ManifestError, match=reason) as caught:
+            _stored_refs({**files, manifest: damaged}.__getitem__, snapshot, "doc")
+        assert manifest in str(caught.value)
+        assert caught.value.manifest == "doc"
+    read = _repository_files(ic, tmp_path / "elsewhere", "doc")
+    assert read is not None
+    with pytest.raises(ManifestError, match=rf"cannot read the Icechunk repository's file .*snapshots/{snapshot}"):
+        _stored_refs(read, snapshot, "doc")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_mutated_files_read_or_raise_manifest_errors(
+    pinned_files: tuple[str, dict[str, bytes]], data: st.DataObject
+) -> None:
+    """Whatever a damaged snapshot or manifest file holds, reading it gives references or a
+    ManifestError: never another exception, a hang, or a read outside the file."""
+    import tempfile
+
+    from kvmap.formats.icechunk import _repository_files, _stored_refs
+
+    snapshot, files = pinned_files
+    name = data.draw(st.sampled_from(sorted(files)))
+    body = bytearray(files[name])
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(39, len(body) - 1))
+        body[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.one_of(st.none(), st.integers(39, len(body))))
+    with tempfile.TemporaryDirectory() as repo:  # the repository's files, one of them damaged
+        for each, data in files.items():
+            Path(repo, each).parent.mkdir(exist_ok=True)
+            Path(repo, each).write_bytes(bytes(body[:cut]) if each == name else data)
+        read = _repository_files(ic, repo, None)
+        assert read is not None
+        with contextlib.suppress(ManifestError):
+            _stored_refs(read, snapshot, None)

@@ -25,10 +25,10 @@ store, :func:`to_icechunk_repo` makes a repository for it (containers included) 
 >>> zarr.open_array(store, path="x", mode="r")[:2].tolist()
 [1, 2]
 
-:func:`from_icechunk_repo` ``(storage)`` gives back the same four entries (``x/c/0`` as
-``data``, ``x/c/1`` as the same window of ``s3://bucket/data.bin``) on Icechunk 2.0.5+; on
-Icechunk 1.x it raises :class:`~kvmap.MissingDependencyError` for a snapshot with virtual
-chunks (see below).
+:func:`from_icechunk_repo` gives back the same four entries (``x/c/0`` as ``data``, ``x/c/1``
+as the same window of ``s3://bucket/data.bin``): of a repository named by a path or URL with
+any Icechunk, of this ``storage`` (an ``icechunk.Storage``) on Icechunk 2.0.5+ only (see
+below).
 
 Decisions:
 
@@ -56,8 +56,10 @@ earlier ones in the session, which the caller discards).
   refused. An entry's ``etag`` pin (spec 3.4) becomes the reference's ``etag_checksum``, which
   Icechunk checks when it reads the chunk (those arrays are written with ``set_virtual_refs``);
   ``version`` and ``sha256`` pins have no Icechunk form and are dropped (and so are not
-  checked by Icechunk). Without pins no checksums are written, so Icechunk does not check that
-  the objects are unchanged.
+  checked by Icechunk; ``kvmap convert`` counts them in its report,
+  :attr:`kvmap.convert.Converted.dropped_pins`). Without pins no checksums are written, so
+  Icechunk does not check that the objects are unchanged. Reading the repository back gives
+  the ``etag`` pins again (**Reading**, *Checksums*).
 * A value of length zero is refused: no chunk decodes from zero bytes, and Icechunk 2 refuses
   them too.
 * Prefix and range entries and URL pipelines have no Icechunk form: :class:`~kvmap.ConvertError`
@@ -86,7 +88,8 @@ setting. Other URLs are refused.
 
 **Reading** (:func:`from_icechunk`). Every group and array of the snapshot gives its
 ``zarr.json`` (as stored, inline) and every chunk of every array one entry: a virtual chunk the
-exact entry ``{"key", "path", "offset", "length"}`` of its location, an inline chunk a ``data``
+exact entry ``{"key", "path", "offset", "length"}`` of its location (and ``etag``, from its
+checksum: below), an inline chunk a ``data``
 entry, and a native chunk a ``data`` entry holding its bytes (read through the store). Native
 chunks are copied rather than referenced as ``<repository>/chunks/<id>``: that layout is
 Icechunk's private business (not in its Python API before 2.x), a repository's chunk objects
@@ -94,12 +97,33 @@ may be deleted by its garbage collection once no retained snapshot needs them, a
 repository may sit behind credentials or a storage (in memory) that no URL reaches — a copy
 stays valid as long as the manifest exists. Missing chunks get no entry.
 
+*Checksums.* A virtual reference may carry one checksum of the object it names, which Icechunk
+checks when it reads the chunk: an ETag (``etag_checksum``) or a modification time
+(``last_updated_at_checksum``: the object must not have changed after it; stored as seconds
+since the epoch). An ETag checksum becomes the entry's ``etag`` pin (spec 3.4), so kvmap checks
+it on every read just as Icechunk does, and a manifest converted to Icechunk and back keeps its
+``etag`` pins. A modification time has no pin of kvmap's (a pin names the object, and an ETag
+or a version of it, not a time): such a reference is read without a pin — it is the same
+window of the same URL, not checked against a later change — and :func:`read_icechunk_repo`
+counts these references (``kvmap convert`` reports them among the pins it dropped) rather than
+refusing the repository, whose other references are still good.
+
+Icechunk's Python API does not give checksums (``array_chunk_iterator`` leaves them out), so
+:func:`from_icechunk_repo` reads them from the repository's own files — its snapshot and
+manifest files, whose layout Icechunk publishes (spec versions 1 and 2) — when the repository
+is named by a local path or a ``file``, ``s3`` or ``gs`` URL (objects read with obstore, its
+settings from the environment, as Icechunk's are). Of a repository given as an
+``icechunk.Storage``, or a store or session (:func:`from_icechunk`), kvmap cannot reach the
+files: virtual references are read without their checksums.
+
 Icechunk 1.x (Python 3.11) cannot say where a virtual chunk is: its Python API offers
 ``Session.all_virtual_chunk_locations()`` (the URLs a snapshot references, not which chunk is
 where), ``Session.chunk_coordinates()`` and ``chunk_type()`` (which chunks exist, of which
-kind) and ``store.get`` (a chunk's bytes) — no offset or length. So on 1.x a snapshot without
-virtual chunks is read as above, and one with virtual chunks raises
-:class:`~kvmap.MissingDependencyError` asking for Icechunk 2.0.5+ (which needs Python 3.12+).
+kind) and ``store.get`` (a chunk's bytes) — no offset or length. So on 1.x virtual references
+are read from the repository's files as above (their location, offset, length and checksum),
+and a snapshot with virtual chunks whose files kvmap cannot reach (an ``icechunk.Storage``, a
+store or session) raises :class:`~kvmap.MissingDependencyError` asking for Icechunk 2.0.5+
+(which needs Python 3.12+).
 """
 
 from __future__ import annotations
@@ -111,9 +135,11 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -125,7 +151,15 @@ from kvmap.errors import ConvertError, ManifestError, MissingDependencyError
 from kvmap.formats._refs import Ref, exact_refs
 from kvmap.manifest import Manifest
 
-__all__ = ["from_icechunk", "from_icechunk_repo", "to_icechunk", "to_icechunk_repo", "virtual_chunk_prefixes"]
+__all__ = [
+    "IcechunkRead",
+    "from_icechunk",
+    "from_icechunk_repo",
+    "read_icechunk_repo",
+    "to_icechunk",
+    "to_icechunk_repo",
+    "virtual_chunk_prefixes",
+]
 
 _INSTALL = "pip install 'kvmap[icechunk]'"
 _V2_METADATA = (".zarray", ".zgroup", ".zattrs", ".zmetadata")
@@ -705,7 +739,9 @@ def from_icechunk(
 
     Each group and array gives its ``zarr.json`` (inline) and each chunk one entry (see the
     module: **Reading**). ``url`` is the manifest's URL and ``name`` what errors call it;
-    chunk references are read ``batch_size`` at a time.
+    chunk references are read ``batch_size`` at a time. A store or session does not say where
+    its repository is, so the checksums of virtual references are not read (no ``etag``
+    pins): :func:`from_icechunk_repo` reads them.
 
     Raises :class:`~kvmap.MissingDependencyError` without Icechunk, or with Icechunk 1.x for a
     snapshot that has virtual chunks; :class:`~kvmap.ManifestError` for something that is not
@@ -717,31 +753,17 @@ def from_icechunk(
     >>> [e.to_json() for e in from_icechunk(session).entries if e.target == "data"]
     [{'key': 'x/c/0', 'data': 'Bw=='}, {'key': 'x/c/1', 'data': 'Bw=='}]
     """
-    ic = _icechunk()
-    doc = name if name is not None else url
-    if isinstance(store_or_session, ic.Session):
-        session, store = store_or_session, store_or_session.store
-    elif isinstance(store_or_session, ic.IcechunkStore):
-        session, store = store_or_session.session, store_or_session
-    else:
-        raise ManifestError(
-            f"from_icechunk reads an Icechunk store or session, not {type(store_or_session).__name__}", manifest=doc
-        )
-    iterate = hasattr(store, "array_chunk_iterator")
-    if not iterate:
-        locations = session.all_virtual_chunk_locations()
-        if locations:
-            raise MissingDependencyError(
-                f"this Icechunk snapshot has virtual chunks (in {sorted(set(locations))[0]!r}...), and "
-                f"Icechunk {ic.__version__} cannot say where each one is (its Python API lists only the "
-                "URLs a snapshot references); reading them needs Icechunk 2.0.5 or later, which needs "
-                "Python 3.12 or later: pip install 'icechunk>=2.0.5'"
-            )
-    from zarr.core.sync import sync
+    return _from_session(store_or_session, url, name, batch_size, None).manifest
 
-    with paused_gc():
-        entries = sync(_snapshot_entries(session, store, doc, batch_size, iterate))
-        return Manifest.from_json(entries, url, name=doc)
+
+@dataclass(frozen=True, slots=True)
+class IcechunkRead:
+    """A snapshot read as a manifest (:func:`read_icechunk_repo`), and ``unkept``: how many of
+    its virtual references carry a ``last_updated_at`` checksum, which no kvmap pin can say
+    (their entries have no pin)."""
+
+    manifest: Manifest
+    unkept: int = 0
 
 
 def from_icechunk_repo(
@@ -758,10 +780,14 @@ def from_icechunk_repo(
     ``location`` is as for :func:`to_icechunk_repo`. The snapshot is ``snapshot_id`` if given,
     else the one ``tag`` names, else the tip of ``branch``. No virtual chunk container needs
     authorizing: references are read, not the data they name. ``url`` and ``name`` are as for
-    :func:`from_icechunk`.
+    :func:`from_icechunk`. For a local path or a ``file``, ``s3`` or ``gs`` URL, virtual
+    references are read from the repository's files, with their checksums: an ETag checksum
+    becomes the entry's ``etag`` pin, a ``last_updated_at`` one is not kept (see the module:
+    **Reading**; :func:`read_icechunk_repo` counts them).
 
-    Raises :class:`~kvmap.ManifestError` when the repository or snapshot cannot be opened, and
-    what :func:`from_icechunk` raises.
+    Raises :class:`~kvmap.ManifestError` when the repository or snapshot cannot be opened, or
+    its files cannot be read or are not Icechunk's, and what :func:`from_icechunk` raises
+    (but for Icechunk 1.x and virtual chunks, when it reads the repository's files).
 
     >>> import icechunk
     >>> storage = icechunk.in_memory_storage()
@@ -770,6 +796,20 @@ def from_icechunk_repo(
     >>> from_icechunk_repo(storage).entries[0].to_json() == group
     True
     """
+    return read_icechunk_repo(location, branch=branch, tag=tag, snapshot_id=snapshot_id, url=url, name=name).manifest
+
+
+def read_icechunk_repo(
+    location: str | os.PathLike[str] | Any,
+    *,
+    branch: str = "main",
+    tag: str | None = None,
+    snapshot_id: str | None = None,
+    url: str | None = None,
+    name: str | None = None,
+) -> IcechunkRead:
+    """:func:`from_icechunk_repo`, and how many ``last_updated_at`` checksums it did not keep
+    (:class:`IcechunkRead`); raises what :func:`from_icechunk_repo` raises."""
     ic = _icechunk()
     doc = name if name is not None else (url or (location if isinstance(location, str) else None))
     storage = _storage(ic, location, doc, ManifestError)
@@ -783,14 +823,68 @@ def from_icechunk_repo(
             session = repo.readonly_session(branch=branch)
     except (ic.IcechunkError, ValueError) as exc:
         raise ManifestError(f"cannot open the Icechunk repository at {location!r}: {exc}", manifest=doc) from None
-    return from_icechunk(session, url=url, name=doc)
+    # A read-only session shows its snapshot as the files hold it: they may be read alongside.
+    return _from_session(session, url, doc, 100_000, _repository_files(ic, location, doc))
 
 
-async def _snapshot_entries(session: Any, store: Any, doc: str | None, batch_size: int, iterate: bool) -> list[Any]:
+def _from_session(
+    store_or_session: Any,
+    url: str | None,
+    name: str | None,
+    batch_size: int,
+    files: Callable[[str], bytes] | None,
+) -> IcechunkRead:
+    """The manifest of the snapshot a store or session shows; ``files`` reads the repository's
+    own files (``snapshots/ID``), ``None``: they cannot be reached."""
+    ic = _icechunk()
+    doc = name if name is not None else url
+    if isinstance(store_or_session, ic.Session):
+        session, store = store_or_session, store_or_session.store
+    elif isinstance(store_or_session, ic.IcechunkStore):
+        session, store = store_or_session.session, store_or_session
+    else:
+        raise ManifestError(
+            f"from_icechunk reads an Icechunk store or session, not {type(store_or_session).__name__}", manifest=doc
+        )
+    iterate = hasattr(store, "array_chunk_iterator")
+    try:
+        locations = session.all_virtual_chunk_locations()
+    except (ic.IcechunkError, ValueError) as exc:
+        raise ManifestError(f"Icechunk cannot read the snapshot's manifests: {exc}", manifest=doc) from None
+    stored = None
+    if locations and files is not None:
+        stored = _stored_refs(files, session.snapshot_id, doc)
+    if locations and not iterate and stored is None:
+        raise MissingDependencyError(
+            f"this Icechunk snapshot has virtual chunks (in {sorted(set(locations))[0]!r}...), and "
+            f"Icechunk {ic.__version__} cannot say where each one is (its Python API lists only the "
+            "URLs a snapshot references); from_icechunk_repo reads them from a repository named by its "
+            "path or URL, and Icechunk 2.0.5 or later from a session, which needs Python 3.12 or later: "
+            "pip install 'icechunk>=2.0.5'"
+        )
+    from zarr.core.sync import sync
+
+    with paused_gc():
+        entries, unkept = sync(_snapshot_entries(session, store, doc, batch_size, iterate, stored))
+        return IcechunkRead(Manifest.from_json(entries, url, name=doc), unkept)
+
+
+async def _snapshot_entries(
+    session: Any,
+    store: Any,
+    doc: str | None,
+    batch_size: int,
+    iterate: bool,
+    stored: dict[str, dict[tuple[int, ...], _Stored]] | None,
+) -> tuple[list[Any], int]:
+    """The entries of the snapshot, and how many ``last_updated_at`` checksums they leave out.
+    ``stored``: its virtual references as the repository's files hold them (``None``: not read;
+    then, with Icechunk 1.x, it has none)."""
     from zarr.core.buffer import default_buffer_prototype
 
     prototype = default_buffer_prototype()
     entries: list[dict[str, Any]] = []
+    unkept = 0
 
     async def read(key: str) -> bytes:
         value = await store.get(key, prototype)
@@ -805,8 +899,18 @@ async def _snapshot_entries(session: Any, store: Any, doc: str | None, batch_siz
             for key, data in zip(batch, await asyncio.gather(*map(read, batch)), strict=True):
                 entries.append({"key": key, "data": base64.b64encode(data).decode("ascii")})
 
+    def checksum(entry: dict[str, Any], ref: _Stored | None) -> dict[str, Any]:
+        """``entry`` with the pin of ``ref``'s checksum (an ETag); a modification time has none."""
+        nonlocal unkept
+        if ref is not None:
+            if ref.etag is not None:
+                entry["etag"] = ref.etag
+            elif ref.last_modified is not None:
+                unkept += 1
+        return entry
+
     if not await store.exists("zarr.json"):
-        return entries  # an empty repository (or one whose root was deleted)
+        return entries, unkept  # an empty repository (or one whose root was deleted)
     pending = [""]
     while pending:
         path = pending.pop(0)
@@ -819,31 +923,46 @@ async def _snapshot_entries(session: Any, store: Any, doc: str | None, batch_siz
             pending[:0] = [prefix + child for child in children]
             continue
         template = array.key_template()
+        refs = stored.get(array.path, {}) if stored is not None else {}
         if iterate:
             async for coords, kinds, paths, offsets, lengths, inlined in store.array_chunk_iterator(
                 array.node, batch_size
             ):
                 if not len(kinds):
                     continue
-                columns = np.asarray(coords).reshape(len(kinds), len(array.grid)).T.tolist()
+                rows = np.asarray(coords).reshape(len(kinds), len(array.grid))
+                columns = rows.T.tolist()
                 keys = list(map(template.format, *columns)) if columns else [template] * len(kinds)
+                indices = list(map(tuple, rows.tolist())) if refs else None
                 offset_list, length_list = np.asarray(offsets).tolist(), np.asarray(lengths).tolist()
                 fetch = []
                 for i, kind in enumerate(np.asarray(kinds).tolist()):
                     if kind == _VIRTUAL:
-                        entries.append(
-                            {"key": keys[i], "path": paths[i], "offset": offset_list[i], "length": length_list[i]}
-                        )
+                        entry = {"key": keys[i], "path": paths[i], "offset": offset_list[i], "length": length_list[i]}
+                        entries.append(checksum(entry, None if indices is None else refs.get(indices[i])))
                     elif kind == _INLINE:
                         entries.append({"key": keys[i], "data": base64.b64encode(inlined[i]).decode("ascii")})
                     else:  # native: its bytes (see the module)
                         fetch.append(keys[i])
                 await native(fetch)
-        else:  # Icechunk 1.x: every chunk is native or inline here (checked), so its bytes
-            coords = [index async for index in session.chunk_coordinates(array.node, batch_size)]
+        else:  # Icechunk 1.x: virtual chunks from the files (stored), the others' bytes
             # 1.x lists a chunk changed in a writable session twice (the change and the base).
-            await native([template.format(*index) for index in dict.fromkeys(coords)])
-    return entries
+            listed = dict.fromkeys([tuple(index) async for index in session.chunk_coordinates(array.node, batch_size)])
+            for index, ref in refs.items():
+                if index not in listed:
+                    continue
+                if ref.location is None or "://" not in ref.location:
+                    raise ManifestError(
+                        f"the virtual chunk {index} of array {array.node!r} has no absolute location in "
+                        "the repository's manifest file",
+                        manifest=doc,
+                    )
+                key = template.format(*index)
+                entries.append(
+                    checksum({"key": key, "path": ref.location, "offset": ref.offset, "length": ref.length}, ref)
+                )
+            await native([template.format(*index) for index in listed if index not in refs])
+    return entries, unkept
 
 
 def _parse_metadata(text: bytes) -> Any:
@@ -864,3 +983,325 @@ def _metadata_value(text: bytes) -> dict[str, Any]:
         return {"json": orjson.loads(text)}
     except orjson.JSONDecodeError:
         return {"data": base64.b64encode(text).decode("ascii")}
+
+
+# -- Icechunk's own files: what a virtual reference checks -------------------------------------
+#
+# Icechunk's Python API does not show a virtual reference's checksum (``array_chunk_iterator``
+# leaves it out, and 1.x shows no reference at all), so kvmap reads the repository's snapshot
+# and manifest files, whose layout Icechunk publishes (its spec, versions 1 and 2, and the
+# flatbuffers IDL ``snapshot.fbs`` and ``manifest.fbs``). Only the fields below are read, and
+# their places are the same in both versions. Icechunk itself has decompressed the same files
+# by the time kvmap reads them (opening the snapshot, listing its chunks), so they add no input
+# kvmap would not otherwise take.
+
+_MAGIC = "ICE\N{ICE CUBE}CHUNK".encode()
+_HEADER_LEN = 39  # the magic (12 bytes), the implementation's name (24), spec version, file type, compression
+_SPEC_VERSIONS = (1, 2)
+_SNAPSHOT_FILE, _MANIFEST_FILE = 1, 2
+_FILE_NAMES = {_SNAPSHOT_FILE: "snapshot", _MANIFEST_FILE: "manifest"}
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # object ids in file names: base 32, Crockford's digits
+_U8, _U16, _I32, _U32, _U64 = (struct.Struct(f) for f in ("<B", "<H", "<i", "<I", "<Q"))
+
+# Field slots (declaration order; a union takes two: its type, then its value).
+_SNAPSHOT_NODES = 2
+_NODE_ID, _NODE_PATH, _NODE_DATA_TYPE, _NODE_DATA = 0, 1, 3, 4
+_NODE_ARRAY = 1  # NodeData's union tag of ArrayNodeData
+_ARRAY_MANIFESTS = 2
+_MANIFEST_REF_ID, _MANIFEST_REF_EXTENTS = 0, 1
+_MANIFEST_ARRAYS = 1
+_ARRAY_MANIFEST_NODE, _ARRAY_MANIFEST_REFS = 0, 1
+_REF_INDEX, _REF_OFFSET, _REF_LENGTH, _REF_LOCATION = 0, 2, 3, 5
+_REF_ETAG, _REF_LAST_MODIFIED, _REF_COMPRESSED_LOCATION = 6, 7, 8
+
+
+class _Stored(NamedTuple):
+    """A virtual chunk reference as the repository's manifest file holds it. ``location`` is
+    ``None`` where the file holds it compressed (spec 2; Icechunk's API gives it then)."""
+
+    location: str | None
+    offset: int
+    length: int
+    etag: str | None  # the object's ETag, which Icechunk checks when it reads the chunk
+    last_modified: int | None  # or: the time (seconds since the epoch) it must not be modified after
+
+
+def _u(fmt: struct.Struct, buf: bytes, pos: int) -> int:
+    if pos < 0:  # unpack_from counts a negative position from the end
+        raise ValueError(f"position {pos}")
+    value: int = fmt.unpack_from(buf, pos)[0]
+    return value
+
+
+class _Table:
+    """A flatbuffers table: the one at ``pos`` of ``buf`` (wire format: flatbuffers.dev/internals)."""
+
+    __slots__ = ("buf", "fields", "pos")
+
+    def __init__(self, buf: bytes, pos: int) -> None:
+        self.buf, self.pos = buf, pos
+        vtable = pos - _u(_I32, buf, pos)
+        size = _u(_U16, buf, vtable)
+        # Each field's offset in the table (0: absent, so it has its default), read at once.
+        self.fields: tuple[int, ...] = struct.unpack_from(f"<{max(size - 4, 0) // 2}H", buf, vtable + 4)
+
+    @classmethod
+    def root(cls, buf: bytes) -> _Table:
+        return cls(buf, _u(_U32, buf, 0))
+
+    def _at(self, slot: int) -> int:
+        """Where field ``slot`` is (0: absent)."""
+        fields = self.fields
+        offset = fields[slot] if slot < len(fields) else 0
+        return self.pos + offset if offset else 0
+
+    def scalar(self, slot: int, fmt: struct.Struct) -> int:
+        at = self._at(slot)
+        return _u(fmt, self.buf, at) if at else 0
+
+    def _vector(self, slot: int) -> tuple[int, int] | None:
+        """Where the elements of vector (or string) field ``slot`` start, and how many there are."""
+        at = self._at(slot)
+        if not at:
+            return None
+        start = at + _u(_U32, self.buf, at)
+        return start + 4, _u(_U32, self.buf, start)
+
+    def string(self, slot: int) -> str | None:
+        found = self._vector(slot)
+        if found is None:
+            return None
+        start, n = found
+        if start + n > len(self.buf):
+            raise ValueError("a string past the end")
+        return self.buf[start : start + n].decode("utf-8")
+
+    def fixed(self, slot: int, size: int) -> bytes | None:
+        """Struct field ``slot`` (stored in the table) of ``size`` bytes, as bytes."""
+        at = self._at(slot)
+        if not at:
+            return None
+        if at + size > len(self.buf):
+            raise ValueError("a struct past the end")
+        return self.buf[at : at + size]
+
+    def structs(self, slot: int, fmt: struct.Struct) -> list[tuple[Any, ...]]:
+        found = self._vector(slot)
+        if found is None:
+            return []
+        start, n = found
+        return [fmt.unpack_from(self.buf, start + fmt.size * i) for i in range(n)]
+
+    def table(self, slot: int) -> _Table | None:
+        at = self._at(slot)
+        return _Table(self.buf, at + _u(_U32, self.buf, at)) if at else None
+
+    def tables(self, slot: int) -> list[_Table]:
+        found = self._vector(slot)
+        if found is None:
+            return []
+        start, n = found
+        buf = self.buf
+        offsets = struct.unpack_from(f"<{n}I", buf, start)
+        return [_Table(buf, start + 4 * i + offset) for i, offset in enumerate(offsets)]
+
+
+_EXTENT = struct.Struct("<II")  # ChunkIndexRange: from (inclusive), to (exclusive)
+
+
+def _object_id(raw: bytes) -> str:
+    """An Icechunk object id as its file names spell it (Crockford's base 32, no padding)."""
+    bits = len(raw) * 8
+    digits = -(-bits // 5)
+    value = int.from_bytes(raw, "big") << (digits * 5 - bits)
+    return "".join(_CROCKFORD[(value >> (5 * (digits - 1 - i))) & 31] for i in range(digits))
+
+
+def _file_body(data: bytes, kind: int, name: str, doc: str | None) -> bytes:
+    """The flatbuffer an Icechunk file holds (after its header, decompressed)."""
+
+    def bad(reason: str) -> ManifestError:
+        return ManifestError(f"the Icechunk {_FILE_NAMES[kind]} file {name!r} {reason}", manifest=doc)
+
+    if len(data) < _HEADER_LEN or not data.startswith(_MAGIC):
+        raise bad("does not start with Icechunk's header")
+    version, found, compression = data[_HEADER_LEN - 3 : _HEADER_LEN]
+    if version not in _SPEC_VERSIONS:
+        raise bad(f"is of Icechunk spec version {version}; kvmap reads versions 1 and 2")
+    if found != kind:
+        raise bad(f"is of file type {found}, not {kind}")
+    body = data[_HEADER_LEN:]
+    if compression == 0:
+        return body
+    if compression != 1:
+        raise bad(f"is compressed with algorithm {compression}, which kvmap does not know (1 is zstd)")
+    from numcodecs import Zstd  # type: ignore[import-untyped,unused-ignore]  # (zarr's own dependency)
+
+    try:
+        return bytes(Zstd().decode(body))
+    except RuntimeError as exc:
+        raise bad(f"does not decompress: {exc}") from None
+
+
+def _stored_refs(
+    read: Callable[[str], bytes], snapshot_id: str, doc: str | None
+) -> dict[str, dict[tuple[int, ...], _Stored]]:
+    """The virtual references of the snapshot ``snapshot_id``, read from the repository's files
+    (``read(name)``: the bytes of ``snapshots/ID``, ``manifests/ID``): array path (``""``, ``a/b``)
+    -> chunk index -> reference, in the order of the files. Only the references inside each
+    manifest's extents for the array count (a manifest may hold others).
+
+    Raises :class:`~kvmap.ManifestError` for a file that cannot be read or is not what
+    Icechunk writes."""
+    out: dict[str, dict[tuple[int, ...], _Stored]] = {}
+    name = f"snapshots/{snapshot_id}"
+    try:
+        snapshot = _Table.root(_file_body(read(name), _SNAPSHOT_FILE, name, doc))
+        wanted: dict[str, list[tuple[bytes, str, list[tuple[Any, ...]]]]] = {}  # manifest id -> its arrays
+        for node in snapshot.tables(_SNAPSHOT_NODES):
+            if node.scalar(_NODE_DATA_TYPE, _U8) != _NODE_ARRAY:
+                continue
+            node_id, path, data = node.fixed(_NODE_ID, 8), node.string(_NODE_PATH), node.table(_NODE_DATA)
+            if node_id is None or path is None or data is None:
+                raise ValueError("an array node without its id, path or data")
+            for pointer in data.tables(_ARRAY_MANIFESTS):
+                raw_id = pointer.fixed(_MANIFEST_REF_ID, 12)
+                if raw_id is None:
+                    raise ValueError("a manifest reference without its id")
+                extents = pointer.structs(_MANIFEST_REF_EXTENTS, _EXTENT)
+                wanted.setdefault(_object_id(raw_id), []).append((node_id, path.strip("/"), extents))
+        for manifest_id, arrays in wanted.items():
+            name = f"manifests/{manifest_id}"
+            manifest = _Table.root(_file_body(read(name), _MANIFEST_FILE, name, doc))
+            by_node = {}
+            for array in manifest.tables(_MANIFEST_ARRAYS):
+                of = array.fixed(_ARRAY_MANIFEST_NODE, 8)
+                if of is None:
+                    raise ValueError("an array manifest without its node id")
+                by_node[of] = array
+            for node_id, path, extents in arrays:
+                refs = out.setdefault(path, {})
+                found = by_node.get(node_id)
+                if found is not None:
+                    refs.update(_virtual_refs(found, extents))
+    except (ValueError, struct.error, IndexError) as exc:
+        if isinstance(exc, ManifestError):
+            raise
+        raise ManifestError(f"the Icechunk file {name!r} is not what Icechunk writes: {exc}", manifest=doc) from None
+    return out
+
+
+def _virtual_refs(array: _Table, extents: Sequence[tuple[int, int]]) -> dict[tuple[int, ...], _Stored]:
+    """The virtual references of an ``ArrayManifest`` table whose index lies inside ``extents``.
+
+    Raises ``ValueError`` or ``struct.error`` for what is not a flatbuffer of Icechunk's."""
+    # A manifest may hold millions of references: each is decoded here in one pass, its vtable
+    # read at once, rather than through _Table (which costs a few times as much).
+    buf = array.buf
+    found = array._vector(_ARRAY_MANIFEST_REFS)
+    if found is None:
+        return {}
+    start, n = found
+    i32, u16, u32, u64 = _I32.unpack_from, _U16.unpack_from, _U32.unpack_from, _U64.unpack_from
+    ndim = len(extents)
+    index_of = struct.Struct(f"<{ndim}I").unpack_from
+    end = len(buf)
+    slots = _REF_COMPRESSED_LOCATION + 1
+
+    def text(at: int) -> str:
+        begin = at + u32(buf, at)[0]
+        size = u32(buf, begin)[0]
+        if begin + 4 + size > end:
+            raise ValueError("a string past the end")
+        return str(buf[begin + 4 : begin + 4 + size], "utf-8")
+
+    vtables: dict[int, Callable[[bytes, int], tuple[int, ...]]] = {}
+    out: dict[tuple[int, ...], _Stored] = {}
+    for i, relative in enumerate(struct.unpack_from(f"<{n}I", buf, start)):
+        pos = start + 4 * i + relative
+        vtable = pos - i32(buf, pos)[0]
+        if vtable < 0:
+            raise ValueError(f"a vtable at {vtable}")
+        count = max(u16(buf, vtable)[0] - 4, 0) // 2
+        read_fields = vtables.get(count)
+        if read_fields is None:
+            read_fields = vtables[count] = struct.Struct(f"<{count}H").unpack_from
+        fields = read_fields(buf, vtable + 4)
+        if count < slots:
+            fields += (0,) * (slots - count)
+        if not fields[_REF_LOCATION] and not fields[_REF_COMPRESSED_LOCATION]:
+            continue  # a native or inline chunk
+        if not fields[_REF_INDEX]:
+            raise ValueError("a chunk reference without its index")
+        at = pos + fields[_REF_INDEX]
+        vector = at + u32(buf, at)[0]
+        if u32(buf, vector)[0] != ndim:
+            continue  # not a chunk of this grid
+        index = index_of(buf, vector + 4)
+        inside = True
+        for x, (low, high) in zip(index, extents, strict=True):
+            if not low <= x < high:
+                inside = False
+                break
+        if not inside:
+            continue
+        field_at = fields[_REF_OFFSET]
+        offset = u64(buf, pos + field_at)[0] if field_at else 0
+        field_at = fields[_REF_LENGTH]
+        length = u64(buf, pos + field_at)[0] if field_at else 0
+        field_at = fields[_REF_LOCATION]
+        location = text(pos + field_at) if field_at else None
+        field_at = fields[_REF_ETAG]
+        etag = text(pos + field_at) if field_at else None
+        field_at = fields[_REF_LAST_MODIFIED]
+        modified = (u32(buf, pos + field_at)[0] if field_at else 0) or None  # 0: none, as Icechunk reads it
+        out[index] = _Stored(location, offset, length, etag, modified)
+    return out
+
+
+def _repository_files(ic: Any, location: Any, doc: str | None) -> Callable[[str], bytes] | None:
+    """How to read the objects of the repository at ``location`` by name (``snapshots/ID``):
+    the files of a local directory, or the objects under an ``s3://`` or ``gs://`` URL (through
+    obstore, its settings from the environment, as Icechunk takes the repository's); ``None``
+    for an ``icechunk.Storage``, whose objects kvmap cannot reach."""
+    if isinstance(location, ic.Storage):
+        return None
+    if isinstance(location, os.PathLike):
+        return partial(_read_file, os.path.abspath(os.fspath(location)), doc)
+    parts = urlsplit(location)
+    scheme = parts.scheme.lower() if "://" in location else ""
+    if not scheme:
+        return partial(_read_file, os.path.abspath(os.path.expanduser(location)), doc)
+    if scheme == "file":
+        return partial(_read_file, url2pathname(parts.path), doc)
+    if scheme in ("s3", "gs", "gcs"):
+        from kvmap.roots import Roots
+
+        base = f"{'s3' if scheme == 's3' else 'gs'}://{parts.netloc}{parts.path.rstrip('/')}"
+        return partial(_read_object, Roots(), base, doc)
+    return None  # _storage refused it already
+
+
+def _read_file(root: str, doc: str | None, name: str) -> bytes:
+    path = os.path.join(root, *name.split("/"))
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ManifestError(
+            f"cannot read the Icechunk repository's file {path}: {exc.strerror or exc}", manifest=doc
+        ) from None
+
+
+def _read_object(roots: Any, base: str, doc: str | None, name: str) -> bytes:
+    import obstore
+    from obstore.exceptions import BaseError
+
+    from kvmap.errors import PipelineError
+
+    url = f"{base}/{name}"
+    try:
+        store, path = roots.open(url)
+        return bytes(obstore.get(store, path).bytes())
+    except (OSError, BaseError, PipelineError) as exc:
+        raise ManifestError(f"cannot read the Icechunk repository's object {url}: {exc}", manifest=doc) from None
