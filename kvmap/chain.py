@@ -360,7 +360,8 @@ class Chain:
 
     def _pins_of(self, cm: KeyMap) -> Any:
         """What says the pins of ``cm``'s entries: a dict entry -> Pins (a compiled map's own),
-        the map itself if it looks them up as it reads (``pins_io``), or ``None``: it has none."""
+        the map itself if it looks them up as it reads (``pins_io``, and ``known_pins`` for what it
+        can say without reading), or ``None``: it has none."""
         if isinstance(cm, CompiledMap):
             return cm.pins
         if getattr(cm, "pinned", False):
@@ -505,8 +506,14 @@ class Chain:
                 return None  # the map would have to read: the walk does that
             res, exact = known[0], partial(bool, known[1])
         pinned = self._top_pins
-        if res is not None and pinned is not None and (not isinstance(pinned, dict) or res.entry in pinned):
-            return None  # the walk checks what the entry pins
+        if res is not None and pinned is not None:
+            if isinstance(pinned, dict):
+                if res.entry in pinned:
+                    return None  # the walk checks what the entry pins
+            else:
+                told = pinned.known_pins(path + key)
+                if told is None or told[0] is not None:
+                    return None  # pinned, or not known to pin nothing: the walk asks and checks
         return res, doc, exact
 
     def plan(self, key: str, byte_range: ByteRange | None) -> tuple[Read | None, Any] | None:

@@ -373,6 +373,18 @@ def test_a_changed_file_is_refused_on_every_read_path(tmp_path: Path, form: str)
         assert bytes(reader.get_sync("plain")) == changed
 
 
+def test_keys_of_a_pinned_columnar_map_known_to_pin_nothing_take_the_one_step_read(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(V1)
+    entries = [{"key": "plain", "path": "a.bin"}, {"key": "k", "path": "a.bin", "sha256": sha(V1)}]
+    target = _saved(entries, tmp_path.as_uri() + "/", "parquet", lambda name, data: (tmp_path / name).write_bytes(data))
+    r = kvmap.Reader(target)
+    assert bytes(r.get_sync("plain")) == V1  # asks the map for the key's pins: none
+    assert bytes(r.get_sync("k")) == V1
+    assert r.chain.plan("plain", None) is not None  # known to pin nothing: one step
+    assert (r.chain.plan("k", None), r.chain.place("k")) == (None, None)  # pinned: always the walk
+    assert r.chain.plan("unasked", None) is None  # not known yet: the walk asks
+
+
 def _refused_on_every_path(r: kvmap.Reader) -> None:
     """Every read of ``k`` and ``w`` (pinned by sha256) raises ObjectChangedError naming the key."""
     for read in (

@@ -1422,6 +1422,17 @@ class ColumnarMap:
         self._bounded(self._known_pins, key, pins)
         return pins
 
+    def known_pins(self, key: str) -> tuple[Pins | None] | None:
+        """``(pins,)``, what :meth:`pins_io` would answer for ``key``, if it needs no read (a
+        file without pins, or a key asked lately); ``None``: it would have to read. Never reads:
+        the chain's one-step read takes a key whose entry is known to pin nothing."""
+        if not self.pinned:
+            return (None,)
+        try:
+            return (self._known_pins[key],)
+        except KeyError:
+            return None
+
     def is_exact_io(self, key: str) -> Loading[bool]:
         """Whether an exact entry (a value or a whiteout) decides ``key``
         (:meth:`kvmap.CompiledMap.is_exact`). Raises :class:`~kvmap.InvalidKeyError` for a key
