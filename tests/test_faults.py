@@ -384,7 +384,8 @@ def _one_line(exc: BaseException) -> str:
 def _error(exc: BaseException, w: World, names: Names, location: str | None = None) -> str:
     if not isinstance(exc, kvmap.KvmapError):
         return f"raw {type(exc).__name__}: {_one_line(exc)}"
-    kind = type(exc).__name__
+    # A window that no longer fits is a TargetError (its subclass WindowError says which kind).
+    kind = "TargetError" if isinstance(exc, kvmap.WindowError) else type(exc).__name__
     key, entry, url = getattr(exc, "key", None), getattr(exc, "entry", None), getattr(exc, "url", None)
     if key not in names or (entry, url) != (names[key][0], w.root + names[key][1]):
         return f"{kind} naming key {key!r}, entry {entry!r}, URL {url!r}: {_one_line(exc)}"
