@@ -373,10 +373,8 @@ def test_a_session_with_changes_reads_each_chunk_once(tmp_path: Path) -> None:
     assert got == [("x/c/0", b"\x07"), ("x/c/1", b"\x03")]
 
 
-def test_an_s3_url_location_takes_its_settings_from_the_environment(
-    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    s3_server.create_bucket("kvmap-icechunk-env")
+def _s3_environment(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the environment's S3 settings (which Icechunk and kvmap's file reads take) at the server."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": S3Server.ACCESS_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": S3Server.SECRET_ACCESS_KEY,
@@ -385,6 +383,13 @@ def test_an_s3_url_location_takes_its_settings_from_the_environment(
         "AWS_ALLOW_HTTP": "true",
     }.items():
         monkeypatch.setenv(name, value)
+
+
+def test_an_s3_url_location_takes_its_settings_from_the_environment(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3_server.create_bucket("kvmap-icechunk-env")
+    _s3_environment(s3_server, monkeypatch)
     group = {"key": "zarr.json", "json": {"zarr_format": 3, "node_type": "group", "attributes": {"where": "s3"}}}
     to_icechunk_repo(Manifest.from_json([group]), "s3://kvmap-icechunk-env/some/repo")
     assert from_icechunk_repo("s3://kvmap-icechunk-env/some/repo").to_json()["entries"] == [group]
@@ -677,14 +682,7 @@ def test_etag_checksums_of_an_s3_repository(s3_server: S3Server, monkeypatch: py
 
     bucket = "kvmap-icechunk-pins"
     s3_server.create_bucket(bucket)
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": S3Server.ACCESS_KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": S3Server.SECRET_ACCESS_KEY,
-        "AWS_REGION": S3Server.REGION,
-        "AWS_ENDPOINT_URL": s3_server.endpoint,
-        "AWS_ALLOW_HTTP": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
+    _s3_environment(s3_server, monkeypatch)
     store = s3_server.store(bucket)
     etags = [
         obstore.put(store, f"data/{i}.bin", np.arange(4 * i, 4 * i + 4, dtype="<i4").tobytes())["e_tag"]
